@@ -1,0 +1,145 @@
+"""bn: distributed (grouped) batch normalization, as in Ying et al. 2018, with per-replica statistics capture.
+
+Owns ``DistributedBatchNorm`` (flax.linen ``BatchNorm``'s interface) and the reshaping of captured statistics
+into telemetry records. Each replica computes float32 sufficient statistics (sum, sum of squares, count), the
+BN group sums them over the mesh axes it spans, and mean = E[x], var = E[x^2] - E[x]^2 normalize the batch.
+Must not: choose the group layout (that is ``labkit.mesh``) or emit telemetry itself (the train step does).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["DistributedBatchNorm", "BN_STAT_FIELDS", "stats_records"]
+
+# What capture_stats records per BN layer and replica (channel-averaged, so a layer is one row of numbers).
+BN_STAT_FIELDS = (
+    "replica_mean",        # mean over channels of this replica's own batch mean
+    "replica_var",         # ... of its own batch variance
+    "group_mean",          # ... of the BN group's mean (what normalization actually used)
+    "group_var",
+    "running_mean",        # ... of the running mean before this step's update
+    "running_var",
+    "replica_vs_group",    # RMS over channels of (replica mean - group mean) / group std
+    "group_vs_running",    # RMS over channels of (group mean - running mean) / running std: BN noise
+    "replica_vs_running",  # RMS over channels of (replica mean - running mean) / running std
+)
+
+Axes = str | Sequence[str] | None
+
+
+def _axes_tuple(axis_name: Axes) -> tuple[str, ...]:
+    if axis_name is None:
+        return ()
+    return (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+
+
+class DistributedBatchNorm(nn.Module):
+    """Batch norm whose statistics are summed over a BN group of replicas.
+
+    Attributes mirror ``flax.linen.BatchNorm``. ``axis_name`` names the mesh axis (or axes) one BN group spans
+    inside ``jax.shard_map`` (``Topology.bn_axes``); ``None`` or ``()`` means per-replica BN. ``axis_index_groups``
+    exists only for the ``pmap`` teaching comparison (the paper's literal ``cross_replica_sum`` form).
+    With ``capture_stats=True`` and the ``'bn_stats'`` collection mutable, a vector of ``BN_STAT_FIELDS`` is
+    stored per layer. Like flax's BatchNorm it can be initialized outside ``shard_map`` (no collective at init).
+    """
+    use_running_average: bool | None = None
+    axis: int = -1
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    dtype: Any = None  # output dtype; None keeps the input dtype
+    param_dtype: Any = jnp.float32
+    use_bias: bool = True
+    use_scale: bool = True
+    bias_init: Callable = nn.initializers.zeros
+    scale_init: Callable = nn.initializers.ones
+    axis_name: Axes = None
+    axis_index_groups: Sequence[Sequence[int]] | None = None
+    capture_stats: bool = False
+
+    @nn.compact
+    def __call__(self, x, use_running_average: bool | None = None):
+        use_ra = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
+        feature_axis = self.axis % x.ndim
+        reduce_axes = tuple(i for i in range(x.ndim) if i != feature_axis)
+        features = x.shape[feature_axis]
+        bshape = [1] * x.ndim
+        bshape[feature_axis] = features
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+
+        x32 = x.astype(jnp.float32)
+        if use_ra:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            # Sufficient statistics in float32 (the paper: bf16 sums lose too much at small batches).
+            local = jnp.stack([x32.sum(reduce_axes), jnp.square(x32).sum(reduce_axes)])
+            local_count = math.prod(x.shape[i] for i in reduce_axes)
+            group, count = local, local_count
+            axes = _axes_tuple(self.axis_name)
+            if axes and not self.is_initializing():
+                # One collective per layer: sum and sum of squares travel together.
+                group = jax.lax.psum(local, axes, axis_index_groups=self.axis_index_groups)
+                count = local_count * (len(self.axis_index_groups[0]) if self.axis_index_groups
+                                       else math.prod(jax.lax.axis_size(a) for a in axes))
+            mean = group[0] / count
+            var = jnp.maximum(group[1] / count - jnp.square(mean), 0.0)
+            if self.capture_stats and not self.is_initializing():
+                self._capture(local / local_count, mean, var, ra_mean.value, ra_var.value)
+            if not self.is_initializing():
+                ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * var
+
+        y = (x32 - mean.reshape(bshape)) * jax.lax.rsqrt(var.reshape(bshape) + self.epsilon)
+        if self.use_scale:
+            y = y * self.param("scale", self.scale_init, (features,), self.param_dtype).astype(jnp.float32).reshape(bshape)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (features,), self.param_dtype).astype(jnp.float32).reshape(bshape)
+        return y.astype(self.dtype or x.dtype)
+
+    def _capture(self, local_moments, group_mean, group_var, run_mean, run_var):
+        replica_mean = local_moments[0]
+        replica_var = jnp.maximum(local_moments[1] - jnp.square(replica_mean), 0.0)
+        group_std = jnp.sqrt(group_var + self.epsilon)
+        run_std = jnp.sqrt(run_var + self.epsilon)
+        rms = lambda d: jnp.sqrt(jnp.mean(jnp.square(d)))  # noqa: E731
+        vec = jnp.stack([
+            replica_mean.mean(), replica_var.mean(), group_mean.mean(), group_var.mean(),
+            run_mean.mean(), run_var.mean(),
+            rms((replica_mean - group_mean) / group_std),
+            rms((group_mean - run_mean) / run_std),
+            rms((replica_mean - run_mean) / run_std),
+        ])
+        self.sow("bn_stats", "summary", vec, init_fn=lambda: jnp.zeros(len(BN_STAT_FIELDS)),
+                 reduce_fn=lambda _old, new: new)
+
+
+def stats_records(bn_stats, bn_groups: Sequence[Sequence[int]] | None = None) -> list[dict]:
+    """Captured ``'bn_stats'`` (leaves ``[replicas, len(BN_STAT_FIELDS)]``, host or device) -> one record a layer.
+
+    Each record: ``{"layer": "path/to/bn", "<field>": [value per replica], ..., "groups": bn_groups}``, ready for
+    ``telemetry.emit("bn_stats", **record)``. Reformats only; computes nothing new.
+    """
+    flat = _layer_paths(bn_stats)
+    records = []
+    for path, leaf in flat:
+        arr = np.asarray(jax.device_get(leaf), dtype=np.float64).reshape(-1, len(BN_STAT_FIELDS))
+        rec = {"layer": path}
+        for i, name in enumerate(BN_STAT_FIELDS):
+            rec[name] = arr[:, i].tolist()
+        if bn_groups is not None:
+            rec["groups"] = [list(map(int, g)) for g in bn_groups]
+        records.append(rec)
+    return records
+
+
+def _layer_paths(tree) -> list[tuple[str, Any]]:
+    """(path, leaf) pairs of a captured 'bn_stats' tree, path without the trailing 'summary' key."""
+    from flax.traverse_util import flatten_dict
+    flat = flatten_dict(tree.unfreeze() if hasattr(tree, "unfreeze") else dict(tree))
+    return [("/".join(k[:-1] if k[-1] == "summary" else k), v) for k, v in sorted(flat.items())]

@@ -1,0 +1,82 @@
+"""cli: the ``labkit`` command.
+
+Owns argument parsing and what each subcommand prints. Every subcommand first fixes the simulated CPU device
+count (before JAX starts) so that a laptop or CI box shows the same 8-replica lab as a TPU host.
+Must not: hold logic that a notebook would also need (that lives in the library modules).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+__all__ = ["main"]
+
+
+def _add_topology_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cpu-devices", type=int, default=int(os.environ.get("LABKIT_CPU_DEVICES", 8)),
+                   help="simulated devices when running on CPU (default 8, env LABKIT_CPU_DEVICES)")
+    p.add_argument("--shape", default=None, help="torus shape XxY, e.g. 2x4 (default: most square)")
+    p.add_argument("--bn-group", type=int, default=2, help="replicas per BN group (default 2)")
+
+
+def _build_topology(args):
+    from labkit import mesh
+    mesh.simulate_devices(args.cpu_devices)
+    mesh.initialize_multihost()
+    return mesh.Topology.build(shape=args.shape, bn_group=args.bn_group)
+
+
+def _cmd_info(args) -> int:
+    import jax
+    topo = _build_topology(args)
+    devices = jax.devices()
+    print(f"labkit on jax {jax.__version__}: backend {jax.default_backend()}, {len(devices)} devices "
+          f"({devices[0].device_kind}), process {jax.process_index()} of {jax.process_count()}")
+    print(topo.describe())
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from labkit import telemetry
+    from labkit.train.demo import run_demo
+    topo = _build_topology(args)
+    print(topo.describe(), end="\n\n")
+    stream = telemetry.open_run(args.workdir) if args.workdir else telemetry.current()
+    try:
+        summary = run_demo(topo, steps=args.steps, batch_size=args.batch_size, model_name=args.model)
+    finally:
+        stream.close()
+    if args.workdir:
+        print(f"telemetry: {stream.path}")
+    return 0 if summary["last_loss"] < summary["first_loss"] else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="labkit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="backend, devices, processes, the torus and its BN groups")
+    _add_topology_args(p)
+    p.set_defaults(func=_cmd_info)
+    p = sub.add_parser("demo", help="a short distributed training demo on a fixed batch of real digits")
+    _add_topology_args(p)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--model", default="resnet_tiny")
+    p.add_argument("--workdir", default="runs/demo", help="where telemetry.jsonl goes ('' for none)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as e:  # validation errors: show the message, not a traceback
+        print(f"labkit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

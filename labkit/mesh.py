@@ -1,0 +1,253 @@
+"""mesh: devices, simulated CPU devices, the 2-D torus mesh, BN-group layout, multi-host init.
+
+Owns the mapping from physical devices to replicas and from replicas to BN groups. A BN group is a
+contiguous tile of the torus, expressed as *mesh axes* (an axis split into outer/inner) so that every
+collective stays a plain ``shard_map`` axis collective (``axis_index_groups`` is not supported there).
+Must not: build models, run training, or compute anything on device beyond placing data.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+__all__ = ["simulate_devices", "initialize_multihost", "Topology", "allowed_bn_groups", "allowed_shapes"]
+
+
+def simulate_devices(n: int = 8) -> int:
+    """Make the CPU backend expose ``n`` devices; call before any JAX computation.
+
+    On a TPU/GPU host this only sets the (unused) CPU device count, so it is safe to call everywhere.
+    Returns the number of devices of the default backend. Raises ``RuntimeError`` if the CPU backend
+    already started with a different count (JAX fixes it at backend start).
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"simulate_devices: n must be a positive int, got {n!r}")
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:
+        # The backend is already up: fine if it is an accelerator or already has n CPU devices.
+        if jax.default_backend() == "cpu" and jax.device_count() != n:
+            raise RuntimeError(
+                f"simulate_devices({n}): the JAX CPU backend already started with {jax.device_count()} "
+                "devices; call labkit.mesh.simulate_devices before any JAX computation "
+                "(restart the kernel in a notebook)") from None
+    return jax.device_count()
+
+
+def initialize_multihost(coordinator_address: str | None = None, num_processes: int | None = None,
+                         process_id: int | None = None) -> int:
+    """Start JAX's multi-process runtime (``jax.distributed``) when a job spans several processes.
+
+    Arguments default to the environment: ``LABKIT_COORDINATOR`` (host:port), ``LABKIT_NUM_PROCESSES``,
+    ``LABKIT_PROCESS_ID``. With none given, ``jax.distributed.initialize()`` auto-detects Cloud TPU / SLURM /
+    Open MPI clusters. With a single process it does nothing. Returns the process count.
+    """
+    coordinator_address = coordinator_address or os.environ.get("LABKIT_COORDINATOR")
+    env_n, env_id = os.environ.get("LABKIT_NUM_PROCESSES"), os.environ.get("LABKIT_PROCESS_ID")
+    num_processes = num_processes if num_processes is not None else (int(env_n) if env_n else None)
+    process_id = process_id if process_id is not None else (int(env_id) if env_id else None)
+    if num_processes == 1:
+        return 1
+    if coordinator_address is None and num_processes is None:
+        if not _on_managed_cluster():
+            return 1
+        jax.distributed.initialize()
+    else:
+        # On CPU, cross-process collectives use gloo (jax's default since 0.4.3x).
+        jax.distributed.initialize(coordinator_address=coordinator_address,
+                                   num_processes=num_processes, process_id=process_id)
+    return jax.process_count()
+
+
+def _on_managed_cluster() -> bool:
+    return any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE"))
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def allowed_shapes(num_replicas: int) -> list[tuple[int, int]]:
+    """Every (X, Y) torus shape with X * Y == num_replicas."""
+    return [(d, num_replicas // d) for d in _divisors(num_replicas)]
+
+
+def allowed_bn_groups(shape: tuple[int, int]) -> list[int]:
+    """BN group sizes that tile an (X, Y) torus: divisors of Y (part of a row) or k*Y with k | X (whole rows)."""
+    x, y = shape
+    return sorted(set(_divisors(y)) | {k * y for k in _divisors(x)})
+
+
+def _most_square(n: int) -> tuple[int, int]:
+    x = max(d for d in _divisors(n) if d <= math.isqrt(n))
+    return (x, n // x)
+
+
+def _parse_shape(shape) -> tuple[int, int] | None:
+    if shape is None:
+        return None
+    if isinstance(shape, str):
+        parts = shape.lower().replace(",", "x").split("x")
+        try:
+            shape = tuple(int(p) for p in parts)
+        except ValueError:
+            raise ValueError(f"shape: expected 'XxY' such as '2x4', got {shape!r}") from None
+    shape = tuple(shape)
+    if len(shape) != 2 or not all(isinstance(s, (int, np.integer)) and s >= 1 for s in shape):
+        raise ValueError(f"shape: expected two positive ints (X, Y), got {shape!r}")
+    return (int(shape[0]), int(shape[1]))
+
+
+@dataclasses.dataclass(frozen=True)
+class TorusAxes:
+    """Mesh axis names that together make up the torus X dimension and the Y dimension."""
+    x: tuple[str, ...]
+    y: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Topology:
+    """Replicas laid out on an (X, Y) torus, with BN groups as contiguous tiles expressed as mesh axes.
+
+    Replica id = row-major position on the torus (r = i * Y + j). Mesh axes, outer to inner:
+      g == 1            -> ('x', 'y'),              bn_axes = ()
+      1 < g < Y, g | Y  -> ('x', 'yo', 'yi'),       bn_axes = ('yi',)       g consecutive replicas of a row
+      g == Y            -> ('x', 'y'),              bn_axes = ('y',)        one whole row
+      g == k*Y, 1<k<X   -> ('xo', 'xi', 'y'),       bn_axes = ('xi', 'y')   k whole rows
+      g == X*Y          -> ('x', 'y'),              bn_axes = ('x', 'y')    every replica
+    """
+    mesh: Mesh
+    shape: tuple[int, int]
+    bn_group: int
+    bn_axes: tuple[str, ...]
+    torus_axes: TorusAxes
+
+    @classmethod
+    def build(cls, shape=None, bn_group: int = 1, devices: Sequence[jax.Device] | None = None) -> "Topology":
+        """Lay ``devices`` (default: all devices) out as an (X, Y) torus with BN groups of ``bn_group``.
+
+        ``shape`` defaults to the most square factorization (8 -> 2x4); strings like ``"2x4"`` are accepted.
+        On TPU, physical chip coordinates decide the layout so torus neighbours are physical neighbours.
+        """
+        devices = list(jax.devices() if devices is None else devices)
+        n = len(devices)
+        shape = _parse_shape(shape) or _most_square(n)
+        if shape[0] * shape[1] != n:
+            raise ValueError(f"shape: {shape[0]}x{shape[1]} needs {shape[0] * shape[1]} devices but there are "
+                             f"{n}; allowed shapes: {', '.join(f'{a}x{b}' for a, b in allowed_shapes(n))}")
+        allowed = allowed_bn_groups(shape)
+        if not isinstance(bn_group, (int, np.integer)) or isinstance(bn_group, bool) or bn_group not in allowed:
+            raise ValueError(f"bn_group: {bn_group!r} does not tile a {shape[0]}x{shape[1]} torus; "
+                             f"allowed values: {allowed}")
+        bn_group = int(bn_group)
+        grid = _device_grid(devices, shape)
+        x, y = shape
+        if bn_group in (1, y, n):
+            names, dims = ("x", "y"), (x, y)
+            bn_axes = () if bn_group == 1 else ("y",) if bn_group == y else ("x", "y")
+            torus = TorusAxes(("x",), ("y",))
+        elif bn_group < y:
+            names, dims = ("x", "yo", "yi"), (x, y // bn_group, bn_group)
+            bn_axes, torus = ("yi",), TorusAxes(("x",), ("yo", "yi"))
+        else:
+            k = bn_group // y
+            names, dims = ("xo", "xi", "y"), (x // k, k, y)
+            bn_axes, torus = ("xi", "y"), TorusAxes(("xo", "xi"), ("y",))
+        mesh = Mesh(grid.reshape(dims), names)
+        return cls(mesh=mesh, shape=shape, bn_group=bn_group, bn_axes=bn_axes, torus_axes=torus)
+
+    @property
+    def num_replicas(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    @property
+    def replica_axes(self) -> tuple[str, ...]:
+        """All mesh axes, outer to inner; a batch is split over them in this (row-major) order."""
+        return tuple(self.mesh.axis_names)
+
+    @property
+    def num_bn_groups(self) -> int:
+        return self.num_replicas // self.bn_group
+
+    def bn_groups(self) -> list[list[int]]:
+        """Replica ids of each BN group, in group order (groups are contiguous torus tiles)."""
+        x, y = self.shape
+        if self.bn_group <= y:
+            return [[r * y + c0 + j for j in range(self.bn_group)]
+                    for r in range(x) for c0 in range(0, y, self.bn_group)]
+        k = self.bn_group // y
+        return [list(range(r0 * y, (r0 + k) * y)) for r0 in range(0, x, k)]
+
+    def replica_coords(self, replica: int) -> tuple[int, int]:
+        """(row, column) of a replica on the torus."""
+        return divmod(replica, self.shape[1])
+
+    @property
+    def batch_sharding(self) -> NamedSharding:
+        """Sharding of a global batch: leading dim split over all replicas."""
+        return NamedSharding(self.mesh, P(self.replica_axes))
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    def shard_batch(self, array) -> jax.Array:
+        """Host array (this process's rows, leading batch dim) -> global ``jax.Array`` sharded over replicas.
+
+        Multi-process aware: each process passes only its local rows (``make_array_from_process_local_data``).
+        """
+        array = np.asarray(array)
+        local_replicas = len(self.mesh.local_devices)
+        if array.ndim == 0 or array.shape[0] % local_replicas:
+            raise ValueError(f"shard_batch: leading dimension {array.shape[:1]} must be divisible by the "
+                             f"{local_replicas} replicas on this process")
+        return jax.make_array_from_process_local_data(self.batch_sharding, array)
+
+    def describe(self) -> str:
+        """The torus drawn as text: replica ids with their BN-group letter, plus axes and groups."""
+        x, y = self.shape
+        group_of = {r: gi for gi, grp in enumerate(self.bn_groups()) for r in grp}
+        label = lambda gi: _group_label(gi)  # noqa: E731
+        width = max(len(f"{self.num_replicas - 1}{label(self.num_bn_groups - 1)}"), 3)
+        dev = self.mesh.devices.reshape(x, y)
+        kind = dev[0, 0].platform
+        simulated = " (simulated CPU devices: timings are simulation, not hardware)" if kind == "cpu" else ""
+        lines = [f"{self.num_replicas} replicas on a {x}x{y} torus, {kind}{simulated}",
+                 f"mesh axes: {', '.join(f'{a}={s}' for a, s in self.mesh.shape.items())}   "
+                 f"torus X = {'*'.join(self.torus_axes.x)}, Y = {'*'.join(self.torus_axes.y)}",
+                 f"BN group size {self.bn_group}: {self.num_bn_groups} groups over axes "
+                 f"{self.bn_axes or '() (per-replica BN)'}",
+                 "      " + " ".join(f"y{j}".rjust(width) for j in range(y))]
+        for i in range(x):
+            cells = " ".join(f"{i * y + j}{label(group_of[i * y + j])}".rjust(width) for j in range(y))
+            lines.append(f"  x{i}  {cells}")
+        lines.append("groups: " + "  ".join(f"{label(g)}={grp}" for g, grp in enumerate(self.bn_groups())))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"Topology(shape={self.shape}, bn_group={self.bn_group}, axes={dict(self.mesh.shape)}, "
+                f"bn_axes={self.bn_axes})")
+
+
+def _group_label(i: int) -> str:
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return letters[i] if i < 26 else f"G{i}"
+
+
+def _device_grid(devices: list, shape: tuple[int, int]) -> np.ndarray:
+    """Devices as an (X, Y) array; on TPU follow physical coordinates so torus neighbours are wired."""
+    if devices[0].platform == "tpu" and len(devices) > 1:
+        try:
+            from jax.experimental import mesh_utils
+            return np.asarray(mesh_utils.create_device_mesh(shape, devices))
+        except (ValueError, NotImplementedError, AssertionError):
+            pass  # an unusual slice shape: fall back to id order
+    # Multi-process: keep each process's devices contiguous (rows), so host-local batches stay local.
+    ordered = sorted(devices, key=lambda d: (d.process_index, d.id))
+    return np.asarray(ordered, dtype=object).reshape(shape)

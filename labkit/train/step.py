@@ -1,0 +1,95 @@
+"""train.step: the SPMD training step: grouped-BN forward, loss, explicit gradient all-reduce, update.
+
+Owns the train state, the loss and one step as ``jax.jit(jax.shard_map(...))`` over a ``Topology``'s mesh.
+Gradients are reduced *explicitly* by a pluggable reducer (default: ``psum`` over every replica axis), so the
+all-reduce algorithm is a knob. Must not: read data, loop over steps, or emit telemetry (callers do).
+
+Why ``pcast(..., to='varying')``: inside ``shard_map``, ``jax.grad`` with respect to replicated (invariant)
+parameters silently inserts a psum; casting them to per-replica (varying) first keeps each replica's gradient
+local, so the reduction we choose is the only one.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+from jax.sharding import PartitionSpec as P
+
+from labkit.mesh import Topology
+
+__all__ = ["TrainState", "create_train_state", "cross_entropy_loss", "psum_reducer", "make_train_step"]
+
+
+class TrainState(train_state.TrainState):
+    """Flax TrainState plus BN running statistics."""
+    batch_stats: Any = None
+
+
+def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformation, image_shape,
+                       rng: jax.Array | int = 0) -> TrainState:
+    """Initialize parameters outside ``shard_map`` (BN needs no collective at init) and replicate them."""
+    rng = jax.random.key(rng) if isinstance(rng, int) else rng
+    variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, *image_shape), jnp.float32), train=False))(rng)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                             batch_stats=variables.get("batch_stats", {}))
+
+
+def cross_entropy_loss(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Mean softmax cross-entropy against integer labels, with optional label smoothing."""
+    num_classes = logits.shape[-1]
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing) if label_smoothing \
+        else jax.nn.one_hot(labels, num_classes)
+    return optax.softmax_cross_entropy(logits, targets).mean()
+
+
+def psum_reducer(axes: tuple[str, ...]) -> Callable:
+    """The baseline gradient reducer: XLA's own all-reduce (``psum``) over ``axes``."""
+    return lambda tree: jax.lax.psum(tree, axes)
+
+
+def make_train_step(model: flax.linen.Module, topo: Topology, *, reduce_gradients: Callable | None = None,
+                    label_smoothing: float = 0.0, capture_bn: bool = False, donate: bool = True):
+    """Compile ``step(state, images, labels) -> (state, metrics, bn_stats)`` over ``topo``'s mesh.
+
+    ``images``/``labels`` are global arrays sharded over the replicas (``Topology.shard_batch``).
+    ``reduce_gradients(tree) -> tree`` runs inside ``shard_map`` and must *sum* over all replicas.
+    With ``capture_bn`` (and a model built with ``capture_bn=True``), ``bn_stats`` holds per-replica BN
+    statistics with a leading replica dimension; otherwise it is ``{}``. ``metrics`` are global means.
+    """
+    axes = topo.replica_axes
+    n = topo.num_replicas
+    reduce_gradients = reduce_gradients or psum_reducer(axes)
+    mutable = ["batch_stats", "bn_stats"] if capture_bn else ["batch_stats"]
+    across_groups = tuple(a for a in axes if a not in topo.bn_axes)
+
+    def body(state: TrainState, images, labels):
+        local_params = jax.tree_util.tree_map(lambda p: jax.lax.pcast(p, axes, to="varying"), state.params)
+
+        def loss_fn(params):
+            logits, new_vars = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images,
+                                              train=True, mutable=mutable)
+            return cross_entropy_loss(logits, labels, label_smoothing), (logits, new_vars)
+
+        (loss, (logits, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(local_params)
+        # Global loss = mean over replicas of local means, so the gradient is the replica sum / n.
+        grads = jax.tree_util.tree_map(lambda g: g / n, reduce_gradients(grads))
+        # Each BN group keeps its own running statistics; average them across groups so the replicated state
+        # stays one model (what flax's imagenet example does before eval). Within a group they already agree.
+        # (They vary only over the non-BN axes; check_vma verifies that against out_specs=P().)
+        batch_stats = new_vars["batch_stats"]
+        if across_groups:
+            batch_stats = jax.lax.pmean(batch_stats, across_groups)
+        new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+        metrics = {"loss": jax.lax.pmean(loss, axes), "accuracy": jax.lax.pmean(accuracy, axes)}
+        bn_stats = jax.tree_util.tree_map(lambda v: v[None], new_vars.get("bn_stats", {}))
+        return new_state, metrics, bn_stats
+
+    sharded = jax.shard_map(body, mesh=topo.mesh, in_specs=(P(), P(axes), P(axes)),
+                            out_specs=(P(), P(), P(axes)))
+    return jax.jit(sharded, donate_argnums=(0,) if donate else ())
+

@@ -1,0 +1,119 @@
+"""labkit.mesh: torus shapes, BN groups as contiguous tiles, and that the mesh axes realize those groups."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import GROUPS, SHAPES
+from jax.sharding import PartitionSpec as P
+
+from labkit.mesh import Topology, allowed_bn_groups, simulate_devices
+
+
+def _expected_groups(shape, g):
+    """Independent reference: row-major replica ids cut into contiguous runs of g (tiles of the torus)."""
+    ids = list(range(shape[0] * shape[1]))
+    return [ids[i:i + g] for i in range(0, len(ids), g)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("g", GROUPS)
+def test_groups_are_contiguous_tiles(shape, g):
+    topo = Topology.build(shape=shape, bn_group=g)
+    assert topo.num_replicas == 8 and topo.shape == shape
+    assert topo.bn_groups() == _expected_groups(shape, g)
+    x, y = shape
+    for group in topo.bn_groups():
+        rows = {r // y for r in group}
+        if g <= y:  # part of one row
+            assert len(rows) == 1
+        else:       # whole rows
+            assert len(rows) == g // y and all(set(range(r * y, (r + 1) * y)) <= set(group) for r in rows)
+    sizes = dict(topo.mesh.shape)
+    assert np.prod([sizes[a] for a in topo.torus_axes.x]) == x
+    assert np.prod([sizes[a] for a in topo.torus_axes.y]) == y
+    assert np.prod([sizes[a] for a in topo.bn_axes], dtype=int) == g
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("g", GROUPS)
+def test_mesh_axes_realize_the_groups(shape, g):
+    """A psum over bn_axes of one-hot replica ids must give each replica exactly its group's members."""
+    topo = Topology.build(shape=shape, bn_group=g)
+    onehot = topo.shard_batch(np.eye(8, dtype=np.float32))
+    axes = topo.replica_axes
+
+    def body(v):
+        return jax.lax.psum(v, topo.bn_axes) if topo.bn_axes else v
+
+    seen = jax.jit(jax.shard_map(body, mesh=topo.mesh, in_specs=P(axes), out_specs=P(axes)))(onehot)
+    seen = np.asarray(seen)
+    for group in topo.bn_groups():
+        for r in group:
+            assert sorted(np.flatnonzero(seen[r]).tolist()) == group
+
+
+def test_replica_id_is_row_major_position():
+    topo = Topology.build(shape=(2, 4), bn_group=2)
+    ids = topo.shard_batch(np.arange(8, dtype=np.int32))
+    # The device holding row r must sit at torus position divmod(r, Y) of the mesh.
+    grid = topo.mesh.devices.reshape(2, 4)
+    for shard in ids.addressable_shards:
+        r = int(np.asarray(shard.data)[0])
+        i, j = topo.replica_coords(r)
+        assert grid[i, j] == shard.device
+
+
+def test_default_shape_is_most_square():
+    assert Topology.build().shape == (2, 4)
+    assert Topology.build(devices=jax.devices()[:4]).shape == (2, 2)
+    assert Topology.build(shape="4x2").shape == (4, 2)
+
+
+@pytest.mark.parametrize("bad", [3, 0, 16, -2, 2.0, "2", True])
+def test_invalid_bn_group_names_parameter_and_allowed_values(bad):
+    with pytest.raises(ValueError, match=r"bn_group: .*allowed values: \[1, 2, 4, 8\]"):
+        Topology.build(shape=(2, 4), bn_group=bad)
+
+
+def test_invalid_shapes():
+    with pytest.raises(ValueError, match=r"shape: 3x3 needs 9 devices .* allowed shapes: 1x8, 2x4, 4x2, 8x1"):
+        Topology.build(shape=(3, 3))
+    with pytest.raises(ValueError, match="shape: expected"):
+        Topology.build(shape="2by4")
+    with pytest.raises(ValueError, match="shape: expected two positive ints"):
+        Topology.build(shape=(2, 2, 2))
+
+
+def test_allowed_bn_groups_on_non_square_torus():
+    # 2x6: parts of a row divide 6; whole rows are 6 or 12.
+    assert allowed_bn_groups((2, 6)) == [1, 2, 3, 6, 12]
+    assert allowed_bn_groups((4, 2)) == [1, 2, 4, 8]
+
+
+def test_shard_batch_rejects_indivisible_batch():
+    topo = Topology.build(bn_group=1)
+    with pytest.raises(ValueError, match="divisible by the 8 replicas"):
+        topo.shard_batch(np.zeros((12, 3)))
+
+
+def test_shard_batch_places_rows_in_order():
+    topo = Topology.build(bn_group=4)
+    host = np.arange(16 * 3, dtype=np.float32).reshape(16, 3)
+    arr = topo.shard_batch(host)
+    assert arr.shape == (16, 3) and arr.sharding == topo.batch_sharding
+    np.testing.assert_array_equal(np.asarray(arr), host)
+    np.testing.assert_array_equal(np.asarray(jnp.sum(arr)), host.sum())
+
+
+def test_describe_draws_torus_and_groups():
+    text = Topology.build(shape=(2, 4), bn_group=2).describe()
+    assert "2x4 torus" in text and "simulated" in text
+    rows = [line.split() for line in text.splitlines() if line.strip().startswith(("x0", "x1"))]
+    assert rows == [["x0", "0A", "1A", "2B", "3B"], ["x1", "4C", "5C", "6D", "7D"]]
+    assert "groups: A=[0, 1]  B=[2, 3]  C=[4, 5]  D=[6, 7]" in text
+
+
+def test_simulate_devices_after_start():
+    assert simulate_devices(8) == 8  # already 8: fine
+    with pytest.raises(RuntimeError, match="already started with 8 devices"):
+        simulate_devices(4)
