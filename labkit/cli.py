@@ -78,5 +78,5 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m labkit.cli
     sys.exit(main())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import json
-import math
 import os
 import queue
 import threading
@@ -185,14 +184,15 @@ class JsonlFollower:
         self._offset = 0
         self._partial = b""
 
-    def poll(self, max_bytes: int = 64 << 20) -> list[dict]:
+    def poll(self, max_bytes: int | None = 64 << 20) -> list[dict]:
+        """New complete events since the last poll (reads at most ``max_bytes``; None = to the end)."""
         try:
             with open(self.path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 if size < self._offset:  # truncated or replaced: start over
                     self._offset, self._partial = 0, b""
                 f.seek(self._offset)
-                data = f.read(max_bytes)
+                data = f.read(-1 if max_bytes is None else max_bytes)
         except FileNotFoundError:
             return []
         self._offset += len(data)
@@ -221,9 +221,10 @@ def read_events(path: str | os.PathLike) -> tuple[list[dict], int]:
     events, skipped = [], 0
     for file in files:
         follower = JsonlFollower(file)
-        events.extend(follower.poll(max_bytes=1 << 62))
+        events.extend(follower.poll(max_bytes=None))
         skipped += follower.skipped + (1 if follower._partial.strip() else 0)  # a torn last line counts
-    events.sort(key=lambda e: (e.get("time", math.inf), e.get("host", 0), e.get("seq", 0)))
+    if len(files) > 1:  # merge hosts by time; the sort is stable, so each file keeps its own order
+        events.sort(key=lambda e: e.get("time", 0.0))
     return events, skipped
 
 

@@ -1,0 +1,33 @@
+"""labkit.cli: `labkit info` and `labkit demo` as a user runs them (fresh processes)."""
+import subprocess
+import sys
+
+from labkit.telemetry import read_events
+
+
+def _labkit(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "labkit.cli", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+def test_info_draws_topology():
+    out = _labkit("info", "--shape", "4x2", "--bn-group", "4")
+    assert out.returncode == 0, out.stderr
+    assert "8 devices" in out.stdout and "process 0 of 1" in out.stdout
+    assert "8 replicas on a 4x2 torus" in out.stdout
+    assert "groups: A=[0, 1, 2, 3]  B=[4, 5, 6, 7]" in out.stdout
+
+
+def test_info_rejects_bad_bn_group_with_allowed_values():
+    out = _labkit("info", "--bn-group", "3")
+    assert out.returncode == 2
+    assert "bn_group: 3 does not tile a 2x4 torus; allowed values: [1, 2, 4, 8]" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_demo_writes_telemetry(tmp_path):
+    out = _labkit("demo", "--steps", "4", "--workdir", str(tmp_path / "run"))
+    assert out.returncode == 0, out.stderr
+    assert "simulated CPU devices: not a hardware number" in out.stdout
+    events, skipped = read_events(tmp_path / "run")
+    assert skipped == 0 and [e["step"] for e in events if e["kind"] == "step"] == [0, 1, 2, 3]
