@@ -13,14 +13,15 @@ import sys
 __all__ = ["main"]
 
 
-def _add_topology_args(p: argparse.ArgumentParser) -> None:
+def add_topology_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu-devices", type=int, default=int(os.environ.get("LABKIT_CPU_DEVICES", 8)),
                    help="simulated devices when running on CPU (default 8, env LABKIT_CPU_DEVICES)")
     p.add_argument("--shape", default=None, help="torus shape XxY, e.g. 2x4 (default: most square)")
     p.add_argument("--bn-group", type=int, default=2, help="replicas per BN group (default 2)")
 
 
-def _build_topology(args):
+def build_topology(args):
+    """Topology from the common ``--cpu-devices/--shape/--bn-group`` flags (for plugin subcommands too)."""
     from labkit import mesh
     mesh.simulate_devices(args.cpu_devices)
     mesh.initialize_multihost()
@@ -29,7 +30,7 @@ def _build_topology(args):
 
 def _cmd_info(args) -> int:
     import jax
-    topo = _build_topology(args)
+    topo = build_topology(args)
     devices = jax.devices()
     print(f"labkit on jax {jax.__version__}: backend {jax.default_backend()}, {len(devices)} devices "
           f"({devices[0].device_kind}), process {jax.process_index()} of {jax.process_count()}")
@@ -40,7 +41,7 @@ def _cmd_info(args) -> int:
 def _cmd_demo(args) -> int:
     from labkit import telemetry
     from labkit.train.demo import run_demo
-    topo = _build_topology(args)
+    topo = build_topology(args)
     print(topo.describe(), end="\n\n")
     stream = telemetry.open_run(args.workdir) if args.workdir else telemetry.current()
     try:
@@ -52,19 +53,55 @@ def _cmd_demo(args) -> int:
     return 0 if summary["last_loss"] < summary["first_loss"] else 1
 
 
+# Subcommands implemented in their own modules: (group, name) -> module exposing
+# ``add_arguments(parser)`` and ``run(args) -> int``, and a one-line ``HELP``. Imported only when used.
+_PLUGINS = {
+    ("bench", "input"): "labkit.data.bench",
+    ("bench", "collectives"): "labkit.collectives.bench",
+    ("bench", "telemetry"): "labkit.telemetry_bench",
+    ("data", "convert"): "labkit.data.convert",
+    ("dashboard", None): "labkit.dashboard.serve",
+}
+_GROUP_HELP = {"bench": "measure: input pipeline, collectives, telemetry overhead",
+               "data": "data sets: convert image folders to ImageNet-format TFRecords",
+               "dashboard": "serve or save the live Panel dashboard of a run directory"}
+
+
+def _add_plugins(sub) -> None:
+    import importlib
+    groups = {}
+    for (group, name), module_name in _PLUGINS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name and module_name.startswith(e.name):  # that part of labkit is not built yet
+                continue
+            raise
+        if name is None:
+            p = sub.add_parser(group, help=_GROUP_HELP[group])
+        else:
+            if group not in groups:
+                gp = sub.add_parser(group, help=_GROUP_HELP[group])
+                groups[group] = gp.add_subparsers(dest=f"{group}_command", required=True)
+            p = groups[group].add_parser(name, help=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labkit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="backend, devices, processes, the torus and its BN groups")
-    _add_topology_args(p)
+    add_topology_args(p)
     p.set_defaults(func=_cmd_info)
     p = sub.add_parser("demo", help="a short distributed training demo on a fixed batch of real digits")
-    _add_topology_args(p)
+    add_topology_args(p)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--model", default="resnet_tiny")
     p.add_argument("--workdir", default="runs/demo", help="where telemetry.jsonl goes ('' for none)")
     p.set_defaults(func=_cmd_demo)
+    _add_plugins(sub)
     return parser
 
 
