@@ -20,13 +20,23 @@ from typing import Any, Iterable
 __all__ = ["KINDS", "register_kind", "EventStream", "emit", "current", "use", "open_run",
            "JsonlFollower", "read_events", "telemetry_files"]
 
+# The documented kinds and their fields (beyond kind/time/step/host/seq). Writers may add fields; readers must
+# tolerate missing ones.
 KINDS: dict[str, str] = {
-    "run": "a run starts or ends: config, topology, versions, summary (fields: phase='start'|'end', ...)",
-    "step": "one training step: loss, lr, images_per_s, step_time_s, input_wait_s",
-    "eval": "an evaluation: top1, top5, count, eval_time_s",
-    "bn_stats": "per-replica BN statistics of one layer: layer, <labkit.bn.BN_STAT_FIELDS> lists, groups",
-    "input_queue": "host input queue: depth, capacity, wait_s, images_per_s_in/out, skipped",
-    "collective": "one collective timing: algorithm, bytes, time_s, algbw, busbw, replicas",
+    "run": "a run starts or ends. phase='start': config fields, replicas, torus [X, Y], bn_group, backend, "
+           "simulated (bool). phase='end': summary fields (e.g. top1, time_to_accuracy_s, images_per_s)",
+    "step": "one training step: loss, accuracy, lr, images_per_s, step_time_s, input_wait_s, "
+            "compile (bool: includes compilation)",
+    "eval": "an evaluation: top1, top5, count (images evaluated), eval_time_s",
+    "bn_stats": "one BN layer's per-replica statistics: layer (path), groups (replica ids per BN group), and "
+                "one list per labkit.bn.BN_STAT_FIELDS entry with a value per replica",
+    "input_queue": "one host's prefetch-to-device queue at a consumer step: depth, capacity, wait_s (consumer "
+                   "wait this step), images_per_s_in (producer), images_per_s_out (consumer), skipped "
+                   "(cumulative bad records), input_bound (bool)",
+    "collective": "one all-reduce timing: algorithm, bytes (payload per replica), time_s, algbw, busbw "
+                  "(bytes/s, nccl-tests definitions), replicas, source ('bench' | 'train')",
+    "cost_model": "a fitted collective cost model: algorithm, alpha_s, beta_s_per_byte, and the predicted curve "
+                  "as lists bytes / time_s (dashboards plot it; they do not evaluate the model)",
 }
 
 
