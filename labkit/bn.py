@@ -125,10 +125,10 @@ def stats_records(bn_stats, bn_groups: Sequence[Sequence[int]] | None = None) ->
     Each record: ``{"layer": "path/to/bn", "<field>": [value per replica], ..., "groups": bn_groups}``, ready for
     ``telemetry.emit("bn_stats", **record)``. Reformats only; computes nothing new.
     """
-    flat = _layer_paths(bn_stats)
+    flat = _layer_paths(jax.device_get(bn_stats))  # one transfer for every layer
     records = []
     for path, leaf in flat:
-        arr = np.asarray(jax.device_get(leaf), dtype=np.float64).reshape(-1, len(BN_STAT_FIELDS))
+        arr = np.asarray(leaf, dtype=np.float64).reshape(-1, len(BN_STAT_FIELDS))
         rec = {"layer": path}
         for i, name in enumerate(BN_STAT_FIELDS):
             rec[name] = arr[:, i].tolist()
