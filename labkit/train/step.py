@@ -21,7 +21,8 @@ from jax.sharding import PartitionSpec as P
 
 from labkit.mesh import Topology
 
-__all__ = ["TrainState", "create_train_state", "cross_entropy_loss", "psum_reducer", "make_train_step"]
+__all__ = ["TrainState", "create_train_state", "cross_entropy_loss", "psum_reducer", "make_train_step",
+           "make_eval_step"]
 
 
 class TrainState(train_state.TrainState):
@@ -93,3 +94,24 @@ def make_train_step(model: flax.linen.Module, topo: Topology, *, reduce_gradient
                             out_specs=(P(), P(), P(axes)))
     return jax.jit(sharded, donate_argnums=(0,) if donate else ())
 
+
+
+def make_eval_step(model: flax.linen.Module, topo: Topology):
+    """Compile ``eval(state, images, labels, mask) -> {"top1", "top5", "count"}``: global *counts*.
+
+    ``mask`` (1 real, 0 padding) makes every validation image count exactly once; callers divide the summed
+    counts. BN uses running statistics, so evaluation needs no BN collective.
+    """
+    axes = topo.replica_axes
+
+    def body(state: TrainState, images, labels, mask):
+        logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
+        mask = mask.astype(jnp.float32)
+        top1 = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+        k = min(5, logits.shape[-1])
+        top5 = jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1).astype(jnp.float32)
+        counts = {"top1": jnp.sum(top1 * mask), "top5": jnp.sum(top5 * mask), "count": jnp.sum(mask)}
+        return jax.lax.psum(counts, axes)
+
+    return jax.jit(jax.shard_map(body, mesh=topo.mesh, in_specs=(P(), P(axes), P(axes), P(axes)),
+                                 out_specs=P()))

@@ -66,3 +66,19 @@ def test_custom_gradient_reducer_is_the_only_reduction():
     staged, _, _ = make_train_step(model, topo, reduce_gradients=two_stage, donate=False)(state0, x, y)
     for a, b in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(staged.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_eval_step_counts_with_mask():
+    from labkit.train.step import make_eval_step
+    topo = Topology.build(shape=(2, 4), bn_group=2)
+    model = create_model("resnet_tiny", num_classes=10, bn_axis_name=topo.bn_axes)
+    state = create_train_state(model, optax.sgd(0.1), (16, 16, 3), rng=2)
+    images, labels = digits_batch(64, 16)
+    mask = (np.arange(64) < 50).astype(np.float32)  # the last 14 are padding
+    got = make_eval_step(model, topo)(jax.device_put(state, topo.replicated), topo.shard_batch(images),
+                                      topo.shard_batch(labels), topo.shard_batch(mask))
+    logits = np.asarray(model.apply({"params": state.params, "batch_stats": state.batch_stats}, images, train=False))
+    top5 = np.argsort(-logits, -1)[:, :5]
+    assert float(got["count"]) == 50
+    assert float(got["top1"]) == np.sum((logits.argmax(-1) == labels)[:50])
+    assert float(got["top5"]) == np.sum((top5 == labels[:, None]).any(-1)[:50])

@@ -1,0 +1,66 @@
+"""train.checkpoint: Orbax checkpoints of the train state, and the run directory's config guard.
+
+Owns saving/restoring ``TrainState`` (sharded as the live state) with a small JSON of loop metadata, keeping the
+last k, and refusing to resume a workdir written with a different config unless forced.
+Must not: decide when to save (the loop does) or touch telemetry.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+from labkit.config import Config, ConfigError
+
+__all__ = ["Checkpointer", "check_workdir_config"]
+
+# Keys that only change what is observed or when, not the computation: a resume may change them freely.
+_OBSERVATIONAL = ("log_every_steps", "bn_stats_every_steps", "collective_every_steps", "keep_checkpoints",
+                  "checkpoint_every_steps", "prefetch", "target_accuracy", "eval_every_epochs")
+
+
+def check_workdir_config(workdir: str | Path, config: Config, force: bool = False) -> None:
+    """Write ``workdir/config.json``, or check it matches the run being resumed there."""
+    path = Path(workdir) / "config.json"
+    if path.exists():
+        previous = Config.from_dict(json.loads(path.read_text()))
+        diff = config.differences(previous, ignore=_OBSERVATIONAL)
+        if diff and not force:
+            listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (new, old) in sorted(diff.items()))
+            raise ConfigError(f"workdir {str(workdir)!r} holds a run with a different config ({listed}); "
+                              "use another workdir, or force the resume (--force / force=True)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config.to_json())
+
+
+class Checkpointer:
+    """Orbax ``CheckpointManager`` over ``workdir/checkpoints``, keeping the last ``keep`` steps."""
+
+    def __init__(self, workdir: str | Path, keep: int = 2):
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        self._manager = ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state, meta: dict) -> None:
+        """Save asynchronously (training goes on); ``wait`` or ``close`` makes it durable."""
+        self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                         meta=ocp.args.JsonSave(meta)))
+
+    def restore(self, state_like, step: int | None = None):
+        """(state, meta) of ``step`` (default: latest), placed with ``state_like``'s shardings."""
+        step = self.latest_step() if step is None else step
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state_like)
+        restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                                       meta=ocp.args.JsonRestore()))
+        return restored.state, restored.meta
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
