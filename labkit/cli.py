@@ -53,6 +53,15 @@ def _cmd_demo(args) -> int:
     return 0 if summary["last_loss"] < summary["first_loss"] else 1
 
 
+def _cmd_train(args) -> int:
+    from labkit.presets import get_preset
+    from labkit.train.loop import train_and_evaluate
+    config = get_preset(args.config).override(args.set or [])
+    summary = train_and_evaluate(config, args.workdir, force=args.force, max_steps=args.max_steps)
+    print(f"summary: {args.workdir}/summary.json; telemetry: {args.workdir}/telemetry.jsonl")
+    return 0 if summary["stopped"] in ("target", "epochs", "max_steps") else 1
+
+
 # Subcommands implemented in their own modules: (group, name) -> module exposing
 # ``add_arguments(parser)`` and ``run(args) -> int``, and a one-line ``HELP``. Imported only when used.
 _PLUGINS = {
@@ -101,6 +110,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="resnet_tiny")
     p.add_argument("--workdir", default="runs/demo", help="where telemetry.jsonl goes ('' for none)")
     p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("train", help="a full training run from a preset, with overrides")
+    p.add_argument("--config", default="cpu8-digits", help="preset: cpu8-digits (default), colab-tpu, "
+                   "tpu-pod-resnet50, gpu-resnet50")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--workdir", default="runs/train", help="checkpoints, telemetry.jsonl, summary.json")
+    p.add_argument("--force", action="store_true", help="resume a workdir even if its config differs")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after N steps of this invocation")
+    p.set_defaults(func=_cmd_train)
     _add_plugins(sub)
     return parser
 

@@ -31,8 +31,9 @@ def check_workdir_config(workdir: str | Path, config: Config, force: bool = Fals
             listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (new, old) in sorted(diff.items()))
             raise ConfigError(f"workdir {str(workdir)!r} holds a run with a different config ({listed}); "
                               "use another workdir, or force the resume (--force / force=True)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(config.to_json())
+    if jax.process_index() == 0:  # every process checks; one writes
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(config.to_json())
 
 
 class Checkpointer:

@@ -53,13 +53,16 @@ def psum_reducer(axes: tuple[str, ...]) -> Callable:
 
 
 def make_train_step(model: flax.linen.Module, topo: Topology, *, reduce_gradients: Callable | None = None,
-                    label_smoothing: float = 0.0, capture_bn: bool = False, donate: bool = True):
+                    label_smoothing: float = 0.0, capture_bn: bool = False, donate: bool = True,
+                    preprocess: Callable | None = None):
     """Compile ``step(state, images, labels) -> (state, metrics, bn_stats)`` over ``topo``'s mesh.
 
     ``images``/``labels`` are global arrays sharded over the replicas (``Topology.shard_batch``).
     ``reduce_gradients(tree) -> tree`` runs inside ``shard_map`` and must *sum* over all replicas.
     With ``capture_bn`` (and a model built with ``capture_bn=True``), ``bn_stats`` holds per-replica BN
-    statistics with a leading replica dimension; otherwise it is ``{}``. ``metrics`` are global means.
+    statistics with a leading replica dimension; otherwise it is ``{}``. ``metrics``: global mean ``loss`` and
+    ``accuracy``, and ``params_finite`` (False once the update produced a NaN/inf parameter).
+    ``preprocess(images)`` runs on the device first (e.g. ``labkit.data.normalize`` of 0..255 bf16 images).
     """
     axes = topo.replica_axes
     n = topo.num_replicas
@@ -68,6 +71,7 @@ def make_train_step(model: flax.linen.Module, topo: Topology, *, reduce_gradient
     across_groups = tuple(a for a in axes if a not in topo.bn_axes)
 
     def body(state: TrainState, images, labels):
+        images = preprocess(images) if preprocess else images
         local_params = jax.tree_util.tree_map(lambda p: jax.lax.pcast(p, axes, to="varying"), state.params)
 
         def loss_fn(params):
@@ -86,7 +90,11 @@ def make_train_step(model: flax.linen.Module, topo: Topology, *, reduce_gradient
             batch_stats = jax.lax.pmean(batch_stats, across_groups)
         new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-        metrics = {"loss": jax.lax.pmean(loss, axes), "accuracy": jax.lax.pmean(accuracy, axes)}
+        # The loss is computed before the update, so also check the updated parameters: a NaN/inf state must
+        # never reach a checkpoint. (One reduction over the replicated parameters.)
+        params_finite = jnp.isfinite(optax.tree.norm(new_state.params))
+        metrics = {"loss": jax.lax.pmean(loss, axes), "accuracy": jax.lax.pmean(accuracy, axes),
+                   "params_finite": params_finite}
         bn_stats = jax.tree_util.tree_map(lambda v: v[None], new_vars.get("bn_stats", {}))
         return new_state, metrics, bn_stats
 
@@ -96,7 +104,7 @@ def make_train_step(model: flax.linen.Module, topo: Topology, *, reduce_gradient
 
 
 
-def make_eval_step(model: flax.linen.Module, topo: Topology):
+def make_eval_step(model: flax.linen.Module, topo: Topology, *, preprocess: Callable | None = None):
     """Compile ``eval(state, images, labels, mask) -> {"top1", "top5", "count"}``: global *counts*.
 
     ``mask`` (1 real, 0 padding) makes every validation image count exactly once; callers divide the summed
@@ -105,6 +113,7 @@ def make_eval_step(model: flax.linen.Module, topo: Topology):
     axes = topo.replica_axes
 
     def body(state: TrainState, images, labels, mask):
+        images = preprocess(images) if preprocess else images
         logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
         mask = mask.astype(jnp.float32)
         top1 = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)

@@ -1,0 +1,88 @@
+"""train.input: the training loop's input, built from the config: tf.data pipelines fed to the devices.
+
+Owns the mapping from ``Config`` (dataset, data_dir, batch, image size, seed) to ``labkit.data`` calls: the
+train iterator (prefetched to the devices, resumable at a step) and the masked evaluation batches.
+Must not: implement pipeline stages (``labkit.data`` does) or touch the model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+
+from labkit.config import Config, ConfigError
+from labkit.mesh import Topology
+
+__all__ = ["DataInfo", "describe_data", "create_train_iterator", "eval_batches"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+    num_classes: int
+    train_images: int
+    image_size: int
+    source: str          # what labkit.data reads: a bundled name, a directory, or tfds:NAME
+
+
+def _source(config: Config) -> str:
+    if config.dataset in ("digits", "photos"):
+        return config.dataset
+    if config.dataset == "tfds":
+        return "tfds:" + (config.data_dir or "imagenet2012")
+    if config.dataset == "tfrecords":
+        return os.path.expanduser(config.data_dir)
+    return "synthetic"
+
+
+def describe_data(config: Config) -> DataInfo:
+    """Classes and train-set size (the epoch length), from the config or the data set itself."""
+    source = _source(config)
+    if source == "synthetic":
+        return DataInfo(config.num_classes or 1000, config.train_images or 1_281_167, config.image_size, source)
+    from labkit.data import tfrecords
+    from labkit.data.pipeline import resolve_files
+    files, schema = resolve_files(source, "train")
+    num_classes = config.num_classes or schema.get("num_classes")
+    if not num_classes:
+        raise ConfigError(f"config.num_classes: the data set {source!r} does not say how many classes it has; "
+                          "set num_classes")
+    train_images = config.train_images or sum(tfrecords.count_records(files))
+    return DataInfo(int(num_classes), int(train_images), config.image_size, source)
+
+
+def _label_offset(config: Config):
+    return config.label_offset if config.dataset == "tfrecords" else None  # bundled/TFDS: the schema knows
+
+
+def create_train_iterator(config: Config, topo: Topology, info: DataInfo, *, start_step: int = 0, stream=None):
+    """Global training batches from ``start_step`` on, prefetched to the devices (``input_queue`` telemetry).
+
+    With ``config.deterministic`` the order and augmentation depend only on (seed, step), so a resumed run
+    sees exactly the batches an uninterrupted one would.
+    """
+    from labkit.data import DevicePrefetcher, synthetic_batches
+    if info.source == "synthetic":
+        return synthetic_batches(topo, config.global_batch, image_size=config.image_size,
+                                 num_classes=info.num_classes, seed=config.seed)
+    from labkit.data import train_dataset
+    per_host = config.global_batch // jax.process_count()
+    ds = train_dataset(info.source, per_host, image_size=config.image_size, num_classes=info.num_classes,
+                       label_offset=_label_offset(config), seed=config.seed, deterministic=config.deterministic)
+    counter = ds.skip_counter
+    if start_step:
+        ds = ds.skip(start_step)  # replays the skipped batches' random draws too: same data as unbroken
+    return DevicePrefetcher(ds, topo, size=max(1, config.prefetch), stream=stream,
+                            emit_every=max(1, config.log_every_steps), skip_counter=counter)
+
+
+def eval_batches(config: Config, topo: Topology, info: DataInfo):
+    """Global evaluation batches with ``mask`` (every validation image once, padding masked), then stop."""
+    if info.source == "synthetic":
+        return iter(())
+    from labkit.data import eval_dataset
+    per_host = config.global_batch // jax.process_count()
+    ds = eval_dataset(info.source, per_host, image_size=config.image_size, num_classes=info.num_classes,
+                      label_offset=_label_offset(config))
+    for batch in ds.as_numpy_iterator():
+        yield {k: topo.shard_batch(v) for k, v in batch.items()}
