@@ -123,8 +123,12 @@ def stats_records(bn_stats, bn_groups: Sequence[Sequence[int]] | None = None) ->
     """Captured ``'bn_stats'`` (leaves ``[replicas, len(BN_STAT_FIELDS)]``, host or device) -> one record a layer.
 
     Each record: ``{"layer": "path/to/bn", "<field>": [value per replica], ..., "groups": bn_groups}``, ready for
-    ``telemetry.emit("bn_stats", **record)``. Reformats only; computes nothing new.
+    ``telemetry.emit("bn_stats", **record)``. Reformats only; computes nothing new. With several processes it
+    first gathers every replica's row (a collective: every process must call it).
     """
+    if jax.process_count() > 1:  # other hosts hold the other replicas' rows (every process must call this)
+        from jax.experimental import multihost_utils
+        bn_stats = multihost_utils.process_allgather(bn_stats, tiled=True)
     flat = _layer_paths(jax.device_get(bn_stats))  # one transfer for every layer
     records = []
     for path, leaf in flat:

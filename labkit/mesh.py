@@ -22,9 +22,9 @@ __all__ = ["simulate_devices", "initialize_multihost", "Topology", "allowed_bn_g
 def simulate_devices(n: int = 8) -> int:
     """Make the CPU backend expose ``n`` devices; call before any JAX computation.
 
-    On a TPU/GPU host this only sets the (unused) CPU device count, so it is safe to call everywhere.
-    Returns the number of devices of the default backend. Raises ``RuntimeError`` if the CPU backend
-    already started with a different count (JAX fixes it at backend start).
+    On a TPU/GPU host this only sets the (unused) CPU device count, so it is safe to call everywhere. It does
+    not start the backend itself (``jax.distributed.initialize`` may still follow). Returns ``n``. Raises
+    ``RuntimeError`` if the CPU backend already started with a different count (JAX fixes it at start).
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"simulate_devices: n must be a positive int, got {n!r}")
@@ -37,7 +37,7 @@ def simulate_devices(n: int = 8) -> int:
                 f"simulate_devices({n}): the JAX CPU backend already started with {jax.device_count()} "
                 "devices; call labkit.mesh.simulate_devices before any JAX computation "
                 "(restart the kernel in a notebook)") from None
-    return jax.device_count()
+    return n
 
 
 def initialize_multihost(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -54,6 +54,8 @@ def initialize_multihost(coordinator_address: str | None = None, num_processes: 
     process_id = process_id if process_id is not None else (int(env_id) if env_id else None)
     if num_processes == 1:
         return 1
+    if jax.distributed.is_initialized():  # e.g. a second run in the same notebook kernel
+        return jax.process_count()
     if coordinator_address is None and num_processes is None:
         if not _on_managed_cluster():
             return 1

@@ -170,7 +170,8 @@ class _Run:
                              step_time_s=interval, input_wait_s=wait, compile=first,
                              epoch=step / self.steps_per_epoch)
         if capture:
-            for record in bn.stats_records(bn_stats, self.topo.bn_groups()):
+            records = bn.stats_records(bn_stats, self.topo.bn_groups())  # collective across processes
+            for record in records if jax.process_index() == 0 else ():  # every replica's row: one host emits
                 self.stream.emit("bn_stats", step=step, **record)
         if cfg.collective_every_steps and step % cfg.collective_every_steps == 0:
             timing = time_gradient_allreduce(self.reducer, self.state.params, self.topo)
