@@ -68,10 +68,11 @@ _PLUGINS = {
     ("bench", "input"): "labkit.data.bench",
     ("bench", "collectives"): "labkit.collectives.bench",
     ("bench", "telemetry"): "labkit.telemetry_bench",
+    ("bench", "train"): "labkit.train.bench",
     ("data", "convert"): "labkit.data.convert",
     ("dashboard", None): "labkit.dashboard.serve",
 }
-_GROUP_HELP = {"bench": "measure: input pipeline, collectives, telemetry overhead",
+_GROUP_HELP = {"bench": "measure: input pipeline, collectives, training step, telemetry overhead",
                "data": "data sets: convert image folders to ImageNet-format TFRecords",
                "dashboard": "serve or save the live Panel dashboard of a run directory"}
 

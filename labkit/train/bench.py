@@ -1,0 +1,108 @@
+"""train.bench: ``labkit bench train``: distributed and telemetry overhead of the training step, side by side.
+
+Owns one measurement, in one process, modes alternating block by block so machine drift hits all alike:
+  single    the same model and global batch on one device (BN over the whole batch, no all-reduce),
+  replicas  the SPMD step on every device: grouped BN + the chosen all-reduce,
+  +telemetry the SPMD step plus the training loop's telemetry cadence (a ``step`` event each step, every
+            layer's ``bn_stats`` every ``--bn-stats-every`` steps) into a JSONL file.
+Inputs are device-resident synthetic batches, so the input pipeline is not part of it (``labkit bench input``).
+Must not: change the step it measures.
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+
+__all__ = ["HELP", "add_arguments", "run"]
+
+HELP = "training step: N replicas vs one device (same global batch), and telemetry overhead, in one run"
+
+
+def add_arguments(parser) -> None:
+    from labkit.cli import add_topology_args
+    add_topology_args(parser)
+    parser.add_argument("--model", default="resnet18_small")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--global-batch", type=int, default=128)
+    parser.add_argument("--allreduce", default="torus2d")
+    parser.add_argument("--blocks", type=int, default=5, help="blocks of each mode")
+    parser.add_argument("--steps", type=int, default=10, help="steps per block")
+    parser.add_argument("--bn-stats-every", type=int, default=20)
+
+
+def _setup(topo, args, capture):
+    import jax
+    import optax
+
+    from labkit.collectives import make_reducer
+    from labkit.data import synthetic_batches
+    from labkit.models import create_model
+    from labkit.train.step import create_train_state, make_train_step
+    model = create_model(args.model, num_classes=10, bn_axis_name=topo.bn_axes, capture_bn=capture)
+    state = jax.device_put(create_train_state(model, optax.sgd(0.01, momentum=0.9),
+                                              (args.image_size, args.image_size, 3)), topo.replicated)
+    batch = next(synthetic_batches(topo, args.global_batch, image_size=args.image_size, num_classes=10))
+    reducer = make_reducer(topo, args.allreduce) if topo.num_replicas > 1 else None
+    steps = {c: make_train_step(model, topo, reduce_gradients=reducer, capture_bn=c, preprocess=_scale)
+             for c in ((False, True) if capture else (False,))}
+    for step in steps.values():  # compile and warm up
+        state, metrics, _ = step(state, batch["image"], batch["label"])
+        float(metrics["loss"])
+    return {"state": state, "steps": steps, "batch": batch}
+
+
+def _scale(images):
+    return images.astype("float32") / 255.0
+
+
+def _block(ctx, steps, stream=None, topo=None, every=0):
+    from labkit import bn
+    t0 = time.perf_counter()
+    for i in range(steps):
+        capture = stream is not None and every and i % every == 0
+        ctx["state"], metrics, stats = ctx["steps"][bool(capture)](ctx["state"], ctx["batch"]["image"],
+                                                                   ctx["batch"]["label"])
+        loss = float(metrics["loss"])  # the loop syncs once a step
+        if stream is not None:
+            stream.emit("step", step=i, loss=loss, step_time_s=0.0, images_per_s=0.0)
+            if capture:
+                for record in bn.stats_records(stats, topo.bn_groups()):
+                    stream.emit("bn_stats", step=i, **record)
+    return (time.perf_counter() - t0) / steps
+
+
+def run(args) -> int:
+    import jax
+
+    from labkit import telemetry
+    from labkit.cli import build_topology
+    from labkit.mesh import Topology
+
+    topo = build_topology(args)
+    one = Topology.build(devices=jax.devices()[:1])
+    if args.global_batch % topo.num_replicas:
+        raise ValueError(f"global_batch: {args.global_batch} is not divisible by the {topo.num_replicas} replicas")
+    ctx = {"single": _setup(one, args, capture=False), "replicas": _setup(topo, args, capture=True)}
+    times = {"single": [], "replicas": [], "+telemetry": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        stream = telemetry.EventStream(tmp)
+        for _ in range(args.blocks):
+            times["single"].append(_block(ctx["single"], args.steps))
+            times["replicas"].append(_block(ctx["replicas"], args.steps))
+            times["+telemetry"].append(_block(ctx["replicas"], args.steps, stream, topo, args.bn_stats_every))
+        stream.close()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    sim = jax.default_backend() == "cpu"
+    print(f"labkit bench train: {args.model} {args.image_size}x{args.image_size}, global batch "
+          f"{args.global_batch}, {args.blocks} blocks x {args.steps} steps per mode, alternating"
+          + (" (simulated CPU devices: simulation, not hardware)" if sim else ""))
+    print(f"  {topo.num_replicas} replicas = {topo.shape[0]}x{topo.shape[1]} torus, BN group {topo.bn_group}, "
+          f"all-reduce {args.allreduce}; single = 1 device, BN over the whole batch")
+    print(f"  {'mode':<14}{'step (median)':>15}{'images/s':>12}{'vs single':>11}{'vs replicas':>13}")
+    for mode, t in med.items():
+        print(f"  {mode:<14}{t * 1e3:>12.2f} ms{args.global_batch / t:>12,.0f}{med['single'] / t:>10.3f}x"
+              f"{t / med['replicas']:>12.3f}x")
+    print(f"  throughput, replicas vs single: {med['single'] / med['replicas']:.3f}x; telemetry overhead: "
+          f"{100 * (med['+telemetry'] / med['replicas'] - 1):+.2f}% of step time")
+    return 0
