@@ -9,7 +9,7 @@ PYTHON ?= $(shell for p in python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/b
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test info clean
+.PHONY: setup run test info clean chromium
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "labkit needs Python >= 3.11 (3.12 preferred); set PYTHON=..."; exit 1; }
@@ -24,7 +24,20 @@ run: $(STAMP)
 	$(VENV)/bin/labkit info
 	$(VENV)/bin/labkit demo
 
-test: $(STAMP)
+# The dashboard's browser tests drive Debian's Chromium through Playwright (never a downloaded browser).
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@if [ -x "$(CHROMIUM)" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "labkit: installing Debian's chromium for the dashboard browser tests (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+	    || echo "labkit: apt-get install chromium failed: the dashboard browser tests will be skipped"; \
+	else \
+	  echo "labkit: $(CHROMIUM) is missing and this is not root with apt-get: the dashboard browser tests" \
+	       "will be skipped (install it with: sudo apt-get install chromium)"; \
+	fi
+
+test: $(STAMP) chromium
 	$(VENV)/bin/python -m pytest
 
 info: $(STAMP)

@@ -1,0 +1,105 @@
+"""`labkit dashboard RUNDIR [--save]` and `panel serve dashboards/<app>.py --args RUNDIR`."""
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from bokeh.client import pull_session
+
+from conftest import free_port, wait_until
+from dashboard_events import ALGORITHMS, LAYERS, emit_full_run, loss_at
+from labkit import cli, telemetry
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    writer = telemetry.EventStream(run, host=0)
+    emit_full_run(writer, steps=40)
+    writer.close()
+    with open(run / "telemetry.jsonl", "a") as f:
+        f.write('{"kind": "step", "step": 40, "lo')  # a writer killed mid-line
+    return run
+
+
+def test_save_writes_a_self_contained_snapshot_holding_the_data(run_dir, tmp_path, capsys):
+    out = tmp_path / "snap.html"
+    assert cli.main(["dashboard", str(run_dir), "--save", str(out)]) == 0
+    assert "self-contained" in capsys.readouterr().out
+    text = out.read_text()
+    assert not re.search(r"<script[^>]+src=", text)  # Bokeh and Panel JavaScript are inlined
+    assert not re.search(r'<link[^>]+href="https?:', text)  # so are the stylesheets
+    assert not re.search(r'"url":"https?:', text)  # and the components' own (Panel links them from its CDN)
+    for name in (*LAYERS, *ALGORITHMS, repr(loss_at(39))):
+        assert name in text, name
+    assert "1 torn or invalid line skipped" in text
+
+
+def test_save_of_a_missing_run_dir_writes_the_waiting_message(tmp_path, capsys):
+    out = tmp_path / "empty.html"
+    assert cli.main(["dashboard", str(tmp_path / "missing"), "--save", str(out)]) == 0
+    assert "is not a directory (yet)" in capsys.readouterr().err
+    assert "does not exist (yet)" in out.read_text()
+
+
+def test_static_snapshot_opens_offline_in_chromium(run_dir, tmp_path, browser):
+    from conftest import JS_COLUMN_LENGTHS
+    out = tmp_path / "snap.html"
+    assert cli.main(["dashboard", str(run_dir), "--save", str(out)]) == 0
+    page = browser.new_page()
+    requested = []
+
+    def _offline(route):  # no server and no network: only the file itself may load
+        requested.append(route.request.url)
+        route.abort() if not route.request.url.startswith(("file:", "data:", "blob:")) else route.continue_()
+    page.route("**/*", _offline)
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(out.as_uri())
+    page.wait_for_function("window.Bokeh && Bokeh.documents.length > 0", timeout=30_000)
+    assert page.evaluate(JS_COLUMN_LENGTHS, "loss") == [40]
+    assert [u for u in requested if not u.startswith(("file:", "data:", "blob:"))] == []
+    assert errors == []
+    page.close()
+
+
+def _get(url: str) -> int:
+    try:
+        return urllib.request.urlopen(url, timeout=2).status
+    except OSError:
+        return 0
+
+
+def _serve_and_check(cmd: list[str], url: str, title: str) -> None:
+    env = dict(os.environ)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: _get(url) == 200 or proc.poll() is not None, timeout=60, message=f"{url}")
+        assert proc.poll() is None, proc.stdout.read()
+        with pull_session(url=url) as session:
+            texts = [getattr(m, "text", None) or getattr(m, "object", None) for m in session.document.models]
+            assert any(isinstance(t, str) and title in t for t in texts), title
+            assert any(getattr(m, "data", {}).get("loss") == [loss_at(i) for i in range(40)]
+                       for m in session.document.models if type(m).__name__ == "ColumnDataSource")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_labkit_dashboard_serves_the_run_on_loopback(run_dir):
+    port = free_port()
+    _serve_and_check([str(BIN / "labkit"), "dashboard", str(run_dir), "--port", str(port)],
+                     f"http://127.0.0.1:{port}/", f"labkit dashboard: {run_dir}")
+
+
+def test_panel_serve_runs_the_dashboards_app(run_dir):
+    port = free_port()
+    _serve_and_check([str(BIN / "panel"), "serve", "dashboards/training.py", "--port", str(port), "--address",
+                      "127.0.0.1", "--allow-websocket-origin", f"127.0.0.1:{port}", "--args", str(run_dir)],
+                     f"http://127.0.0.1:{port}/training", "step 39")
