@@ -1,0 +1,313 @@
+"""data.pipeline: the paper's host input pipeline as tf.data, with one switch per optimization.
+
+Owns ``train_dataset`` / ``eval_dataset`` (host-local ``tf.data.Dataset``s of batches ``{"image": [B,S,S,3],
+"label": [B] int32}`` plus ``"mask": [B] bool`` for eval), the ``Switches`` that turn each optimization on or off,
+the named ``LADDER`` of rungs that adds them one at a time, per-host file sharding, and the exact count of
+skipped bad records (``SkipCounter``). Eval pads every host to the same number of batches with masked examples,
+so each validation image counts exactly once across any number of hosts.
+Must not: put data on devices (``prefetch``), or normalize mean/std (that runs on the device: ``normalize``).
+
+Bad input: a record the reader cannot read (bad CRC, truncated file) ends that file (TFRecord cannot resync)
+and counts 1; an example that does not parse or decode (truncated or corrupt JPEG, not a JPEG) counts 1 each.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+from labkit.data import preprocess, tfrecords
+from labkit.data._tf import import_tf
+
+__all__ = ["Switches", "LADDER", "SkipCounter", "train_dataset", "eval_dataset", "resolve_files"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Switches:
+    """One switch per optimization of the paper's pipeline (defaults: all on).
+
+    shard_files: each host reads only its files (off: every host reads every file and keeps 1/n of records).
+    cache: keep raw records in host RAM after the first epoch.
+    interleave: read files in parallel, non-deterministic order (off: one file after the other).
+    shuffle: shuffle file order and records (a buffer) before repeating.
+    fused_crop: decode only the random-crop window (off: decode the whole JPEG, then crop).
+    bicubic: bicubic resize (off: bilinear).   random_flip: random left-right flip (train only).
+    parallel_map: parse+decode and batch in parallel (off: one image at a time on the consumer's thread).
+    bfloat16: cast images to bfloat16 on the host (half the bytes to the device; off: float32).
+    prefetch: ``prefetch(AUTOTUNE)`` at the end (off: also stops tf.data from injecting one).
+    private_threadpool: a private tf.data thread pool of ``threads`` threads.
+    """
+    shard_files: bool = True
+    cache: bool = True
+    interleave: bool = True
+    shuffle: bool = True
+    fused_crop: bool = True
+    bicubic: bool = True
+    random_flip: bool = True
+    parallel_map: bool = True
+    bfloat16: bool = True
+    prefetch: bool = True
+    private_threadpool: bool = True
+
+    def added(self, previous: "Switches") -> list[str]:
+        """Names of the switches on here and off in ``previous``."""
+        return [f.name for f in dataclasses.fields(self)
+                if getattr(self, f.name) and not getattr(previous, f.name)]
+
+
+def _ladder() -> tuple[tuple[str, Switches], ...]:
+    rungs = [("naive", Switches(cache=False, interleave=False, fused_crop=False, parallel_map=False,
+                                bfloat16=False, prefetch=False, private_threadpool=False))]
+    for name in ("interleave", "parallel_map", "fused_crop", "cache", "bfloat16", "prefetch",
+                 "private_threadpool"):
+        rungs.append((f"+ {name}", dataclasses.replace(rungs[-1][1], **{name: True})))
+    assert rungs[-1][1] == Switches()
+    return tuple(rungs)
+
+
+# The ablation ladder: naive (sequential read, full decode then crop, no parallelism, no prefetch), then each
+# optimization added in turn; the last rung is the default pipeline. shard_files/shuffle/bicubic/random_flip
+# stay on throughout: they are correctness or quality choices, not speed-ups on one host.
+LADDER = _ladder()
+
+
+class SkipCounter:
+    """The exact number of bad records a pipeline skipped (cumulative; read it any time with ``.value``)."""
+
+    def __init__(self):
+        tf = import_tf()
+        self._var = tf.Variable(0, dtype=tf.int64, trainable=False, name="labkit_skipped")
+
+    @property
+    def value(self) -> int:
+        return int(self._var.numpy())
+
+    def _count(self, bad):  # (tf graph) add 1 if bad; returns the op
+        return self._var.assign_add(import_tf().cast(bad, self._var.dtype))
+
+    def __repr__(self) -> str:
+        return f"SkipCounter({self.value})"
+
+
+def resolve_files(data, split: str) -> tuple[list[str], dict]:
+    """Files of ``split`` and their schema: ``data`` is a directory, a glob, a bundled name, or ``tfds:NAME``.
+
+    ``tfds:imagenet2012`` reads a TFDS-prepared copy (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``):
+    keys ``image``/``label``, labels already 0-based. Returns ``(files, {"keys", "label_offset",
+    "num_classes"})`` where ``label_offset``/``num_classes`` are None when the caller decides.
+    """
+    from labkit.data import bundled
+    schema = {"keys": ("image/encoded", "image/class/label"), "label_offset": None, "num_classes": None}
+    data = str(data)
+    if data.startswith("tfds:"):
+        name = data[5:]
+        root = os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+        files = tfrecords.list_files(os.path.join(root, name, "*", f"{name}-{split}.tfrecord-*"), split)
+        return files, {"keys": ("image", "label"), "label_offset": 0,
+                       "num_classes": 1000 if name.startswith("imagenet2012") else None}
+    if data in bundled.DATASETS and not os.path.exists(data):
+        data = str(bundled.prepare(data))
+    files = tfrecords.list_files(data, split)
+    schema["num_classes"] = tfrecords.read_info(os.path.dirname(files[0])).get("num_classes")
+    return files, schema
+
+
+def _host(process_index, process_count) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index: {process_index} is outside [0, {process_count})")
+    return process_index, process_count
+
+
+def _read_file(path, size, counter: SkipCounter):
+    """(tf) One TFRecord file's records. A read error ends the file: detected as bytes read != file size."""
+    tf = import_tf()
+    records = tf.data.TFRecordDataset(path, buffer_size=8 << 20).ignore_errors()
+    # Each record occupies its payload + 16 framing bytes; a marker at the end carries the file size.
+    tagged = records.map(lambda r: (r, tf.cast(tf.strings.length(r), tf.int64) + 16, False))
+    end = tf.data.Dataset.from_tensors((tf.constant(b""), size, True))
+
+    def step(consumed, element):
+        record, n, is_end = element
+        complete = tf.logical_or(tf.logical_not(is_end), tf.equal(consumed, n))
+        return consumed + tf.where(is_end, tf.constant(0, tf.int64), n), (record, is_end, complete)
+
+    def keep(record, is_end, complete):
+        with tf.control_dependencies([counter._count(tf.logical_not(complete))]):
+            return tf.logical_not(is_end)
+
+    return tagged.concatenate(end).scan(tf.constant(0, tf.int64), step).filter(keep).map(lambda r, e, c: r)
+
+
+def _records(files, switches: Switches, counter, host, num_hosts, *, train: bool, cycle_length: int):
+    tf = import_tf()
+    sizes = [os.path.getsize(f) for f in files]
+    ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
+    if train and switches.shuffle:
+        ds = ds.shuffle(len(files))
+    read = lambda f, n: _read_file(f, n, counter)  # noqa: E731
+    if switches.interleave:
+        ds = ds.interleave(read, cycle_length=max(1, min(cycle_length, len(files))), block_length=1,
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=not train)
+    else:
+        ds = ds.flat_map(read)
+    if not switches.shard_files and num_hosts > 1:
+        ds = ds.shard(num_hosts, host)  # every host reads every file, keeps 1/n: the slow way
+    return ds.cache() if switches.cache else ds
+
+
+def _decode_all(ds, decode, size, switches: Switches, counter, keys, label_offset, num_classes, *, train):
+    """Parse+decode each record; any error turns it into a marked bad element, counted here and dropped."""
+    tf = import_tf()
+    dtype = tf.bfloat16 if switches.bfloat16 else tf.float32
+
+    def good(record):
+        image_bytes, label = _parse(record, keys, label_offset)
+        image = decode(image_bytes)
+        return tf.cast(image, dtype), label, True
+
+    bad = (tf.zeros([size, size, 3], dtype), tf.constant(-1, tf.int32), False)
+
+    def safely(record):  # a one-element dataset: the decoded record, or the bad marker if it failed
+        one = tf.data.Dataset.from_tensors(record).map(good).ignore_errors()
+        return one.concatenate(tf.data.Dataset.from_tensors(bad)).take(1)
+
+    if switches.parallel_map:
+        ds = ds.interleave(safely, cycle_length=2 * (os.cpu_count() or 2), block_length=1,
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=not train)
+    else:
+        ds = ds.interleave(safely, cycle_length=1, block_length=1)
+
+    def keep(image, label, ok):
+        in_range = tf.logical_and(label >= 0, label < num_classes)
+        check = tf.debugging.Assert(
+            tf.logical_or(tf.logical_not(ok), in_range),
+            [f"label outside [0, {num_classes}) after label_offset={label_offset}: label =", label])
+        with tf.control_dependencies([counter._count(tf.logical_not(ok)), check]):
+            return tf.identity(ok)
+
+    return ds.filter(keep)
+
+
+def _parse(record, keys, label_offset):
+    tf = import_tf()
+    image_key, label_key = keys
+    f = tf.io.parse_single_example(record, {image_key: tf.io.FixedLenFeature([], tf.string),
+                                            label_key: tf.io.FixedLenFeature([], tf.int64)})
+    return f[image_key], tf.cast(f[label_key] - label_offset, tf.int32)
+
+
+def _finish(ds, batch_size, switches: Switches, threads, *, train: bool):
+    tf = import_tf()
+    if switches.parallel_map:
+        ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE,
+                      deterministic=not train)
+    else:
+        ds = ds.batch(batch_size, drop_remainder=True)
+    keys = ("image", "label", "mask")
+    ds = ds.map(lambda *t: dict(zip(keys, t)) if not train else dict(zip(keys[:2], t[:2])))
+    if switches.prefetch:
+        ds = ds.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = not train
+    options.threading.max_intra_op_parallelism = 1  # the paper's setting: parallelism comes from tf.data
+    if switches.private_threadpool:
+        options.threading.private_threadpool_size = threads or os.cpu_count() or 2
+    opt = options.experimental_optimization
+    if not switches.parallel_map:  # naive means sequential: stop tf.data from parallelizing behind our back
+        opt.map_parallelization = opt.parallel_batch = opt.filter_parallelization = False
+    if not switches.prefetch:
+        opt.inject_prefetch = False
+        opt.seq_interleave_prefetch = False
+    return ds.with_options(options)
+
+
+def _setup(data, split, label_offset, num_classes, process_index, process_count, skip_counter):
+    files, schema = resolve_files(data, split)
+    if label_offset is None:
+        label_offset = 1 if schema["label_offset"] is None else schema["label_offset"]
+    num_classes = num_classes if num_classes is not None else schema["num_classes"]
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes: {num_classes!r} is unknown or not a positive int for {data!r}; "
+                         "pass num_classes=")
+    host, n = _host(process_index, process_count)
+    return files, schema["keys"], label_offset, num_classes, host, n, skip_counter or SkipCounter()
+
+
+def train_dataset(data, batch_size: int, *, image_size: int = 224, split: str = "train",
+                  switches: Switches = Switches(), num_classes: int | None = None, label_offset: int | None = None,
+                  num_epochs: int | None = None, process_index: int | None = None, process_count: int | None = None,
+                  cycle_length: int = 64, shuffle_buffer: int = 16384, threads: int | None = None,
+                  skip_counter: SkipCounter | None = None):
+    """Host-local training batches ``{"image": [B,S,S,3] bf16|f32 0..255, "label": [B] int32}``.
+
+    ``data``: a directory of ImageNet-schema shards, a glob, ``"digits"``/``"photos"``, or ``"tfds:NAME"``.
+    ``batch_size`` is this host's batch. ``label_offset`` (default 1, the ImageNet files' 1-based labels) is
+    subtracted from stored labels, which must then lie in ``[0, num_classes)`` (else an error naming the value).
+    ``num_epochs=None`` repeats forever. Hosts default to ``jax.process_index()/process_count()``. Bad records
+    are skipped and counted in ``skip_counter`` (also at ``dataset.skip_counter``).
+    """
+    tf = import_tf()
+    files, keys, label_offset, num_classes, host, n, counter = _setup(
+        data, split, label_offset, num_classes, process_index, process_count, skip_counter)
+    if switches.shard_files and n > 1:
+        if len(files) < n:
+            raise ValueError(f"train: {len(files)} files cannot be split over {n} hosts; write at least {n} "
+                             "shards or use Switches(shard_files=False)")
+        files = files[host::n]
+    ds = _records(files, switches, counter, host, n, train=True, cycle_length=cycle_length)
+    if switches.shuffle:
+        ds = ds.shuffle(shuffle_buffer)
+    ds = ds.repeat(num_epochs)
+
+    def decode(image_bytes):
+        image = preprocess.decode_and_random_crop(image_bytes, image_size, fused=switches.fused_crop,
+                                                  bicubic=switches.bicubic)
+        return tf.image.random_flip_left_right(image) if switches.random_flip else image
+
+    ds = _decode_all(ds, decode, image_size, switches, counter, keys, label_offset, num_classes, train=True)
+    ds = _finish(ds, batch_size, switches, threads, train=True)
+    ds.skip_counter = counter
+    return ds
+
+
+def eval_dataset(data, batch_size: int, *, image_size: int = 224, split: str = "validation",
+                 switches: Switches = Switches(), num_classes: int | None = None, label_offset: int | None = None,
+                 process_index: int | None = None, process_count: int | None = None, cycle_length: int = 64,
+                 threads: int | None = None, skip_counter: SkipCounter | None = None):
+    """Host-local eval batches ``{"image", "label", "mask": [B] bool}``: center crop, deterministic order.
+
+    Host ``h`` of ``n`` reads files ``h, h+n, ...``. Every host yields the same number of batches (enough for
+    the busiest host); the rest is padding with ``mask=False``, so summing over ``mask`` counts each image once.
+    ``dataset.num_batches`` and ``dataset.num_examples`` (this host's real images) are set on the result.
+    """
+    tf = import_tf()
+    files, keys, label_offset, num_classes, host, n, counter = _setup(
+        data, split, label_offset, num_classes, process_index, process_count, skip_counter)
+    counts = tfrecords.count_records(files)
+    per_host = [sum(counts[h::n]) for h in range(n)]
+    if max(per_host) == 0:
+        raise ValueError(f"eval: the {len(files)} {split!r} files of {data!r} hold no records")
+    num_batches = math.ceil(max(per_host) / batch_size)
+    mine = files[host::n]
+    switches = dataclasses.replace(switches, shuffle=False, random_flip=False)
+    if mine:
+        ds = _records(mine, switches, counter, host, n, train=False, cycle_length=cycle_length)
+    else:  # more hosts than files: this host only pads
+        ds = tf.data.Dataset.from_tensor_slices(tf.constant([], tf.string))
+
+    def decode(image_bytes):
+        return preprocess.decode_and_center_crop(image_bytes, image_size, fused=switches.fused_crop,
+                                                 bicubic=switches.bicubic)
+
+    ds = _decode_all(ds, decode, image_size, switches, counter, keys, label_offset, num_classes, train=False)
+    dtype = tf.bfloat16 if switches.bfloat16 else tf.float32
+    pad = tf.data.Dataset.from_tensors((tf.zeros([image_size, image_size, 3], dtype),
+                                        tf.constant(0, tf.int32), False)).repeat()
+    ds = ds.concatenate(pad).take(num_batches * batch_size)  # skipped records become padding too
+    ds = _finish(ds, batch_size, switches, threads, train=False)
+    ds.skip_counter, ds.num_batches, ds.num_examples = counter, num_batches, per_host[host]
+    return ds

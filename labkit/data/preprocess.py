@@ -1,0 +1,82 @@
+"""data.preprocess: per-image tf.data graph functions, from JPEG bytes to a fixed-size image.
+
+Owns the paper's image ops: the Inception-style random crop (``sample_distorted_bounding_box``: area 0.08-1,
+aspect 3/4-4/3, 10 attempts) either *fused* with decoding (``decode_and_crop_jpeg`` decodes only the window)
+or after a full decode; the evaluation center crop (224/256 of the short side); bicubic or bilinear resize;
+random flip. Outputs stay in 0..255 (mean/std normalization happens on the device: ``labkit.data.normalize``).
+Must not: read files, batch, or know about hosts and devices.
+"""
+from __future__ import annotations
+
+from labkit.data._tf import import_tf
+
+__all__ = ["CENTER_CROP_FRACTION", "decode_and_random_crop", "decode_and_center_crop", "resize"]
+
+CENTER_CROP_FRACTION = 224 / 256  # eval: the 224 center of an image resized to 256 (crop padding 32)
+_AREA, _ASPECT, _ATTEMPTS = (0.08, 1.0), (3 / 4, 4 / 3), 10
+
+
+def resize(image, size: int, bicubic: bool = True):
+    """(tf) ``[h, w, 3]`` -> ``[size, size, 3]`` float32."""
+    tf = import_tf()
+    method = tf.image.ResizeMethod.BICUBIC if bicubic else tf.image.ResizeMethod.BILINEAR
+    return tf.image.resize(image, [size, size], method=method)
+
+
+def _require_jpeg(image_bytes):
+    # decode_jpeg also accepts PNG/GIF; decode_and_crop_jpeg does not. Reject non-JPEG bytes in both modes so
+    # the fused switch never changes which records are skipped.
+    tf = import_tf()
+    tf.debugging.assert_equal(tf.io.is_jpeg(image_bytes), True, message="record is not a JPEG")
+
+
+def _sample_window(shape):
+    tf = import_tf()
+    begin, size, _ = tf.image.sample_distorted_bounding_box(
+        shape, bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4]),
+        min_object_covered=0.1, aspect_ratio_range=_ASPECT, area_range=_AREA, max_attempts=_ATTEMPTS,
+        use_image_if_no_bounding_boxes=True)
+    return begin, size
+
+
+def _center_window(shape):
+    tf = import_tf()
+    h, w = shape[0], shape[1]
+    side = tf.cast(CENTER_CROP_FRACTION * tf.cast(tf.minimum(h, w), tf.float32), tf.int32)
+    side = tf.maximum(side, 1)
+    return (h - side + 1) // 2, (w - side + 1) // 2, side, side
+
+
+def decode_and_random_crop(image_bytes, size: int, *, fused: bool = True, bicubic: bool = True):
+    """(tf) JPEG bytes -> random-crop ``[size, size, 3]`` float32 in 0..255.
+
+    ``fused``: read the JPEG header, sample the window, decode only the window (``decode_and_crop_jpeg``).
+    Otherwise decode the whole image, then crop (the naive way: every pixel is decoded, most are thrown away).
+    """
+    tf = import_tf()
+    _require_jpeg(image_bytes)
+    if fused:
+        shape = tf.io.extract_jpeg_shape(image_bytes)
+        begin, crop = _sample_window(shape)
+        y, x, _ = tf.unstack(begin)
+        h, w, _ = tf.unstack(crop)
+        image = tf.io.decode_and_crop_jpeg(image_bytes, tf.stack([y, x, h, w]), channels=3)
+    else:
+        image = tf.io.decode_jpeg(image_bytes, channels=3)
+        begin, crop = _sample_window(tf.shape(image))
+        image = tf.slice(image, begin, crop)
+    return resize(image, size, bicubic)
+
+
+def decode_and_center_crop(image_bytes, size: int, *, fused: bool = True, bicubic: bool = True):
+    """(tf) JPEG bytes -> the center ``224/256`` square, resized to ``[size, size, 3]`` float32 in 0..255."""
+    tf = import_tf()
+    _require_jpeg(image_bytes)
+    if fused:
+        y, x, h, w = _center_window(tf.io.extract_jpeg_shape(image_bytes))
+        image = tf.io.decode_and_crop_jpeg(image_bytes, tf.stack([y, x, h, w]), channels=3)
+    else:
+        image = tf.io.decode_jpeg(image_bytes, channels=3)
+        y, x, h, w = _center_window(tf.shape(image))
+        image = image[y:y + h, x:x + w]
+    return resize(image, size, bicubic)

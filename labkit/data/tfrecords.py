@@ -1,0 +1,146 @@
+"""data.tfrecords: the standard ImageNet TFRecord schema, read and written.
+
+Owns the feature names of ``build_imagenet_data.py`` (``image/encoded``, ``image/class/label`` 1-based with
+0 = background, ``image/height``, ...), shard file names (``train-00000-of-01024``), the per-directory
+``labkit-info.json`` (class count and records per file, so evaluation can pad without a counting pass), listing
+files with clear errors, and parsing one serialized example in a tf.data graph.
+Must not: decode or augment images (``preprocess``), or build pipelines (``pipeline``).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+from labkit.data._tf import import_tf
+
+__all__ = ["INFO_FILE", "encode_example", "write_shards", "shard_name", "list_files", "read_info",
+           "count_records", "parse_example", "read_examples"]
+
+INFO_FILE = "labkit-info.json"
+_GLOB_CHARS = set("*?[")
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+    """``train-00003-of-00016``: the ImageNet conversion script's naming."""
+    return f"{split}-{index:05d}-of-{num_shards:05d}"
+
+
+def encode_example(image: bytes, label: int, *, height: int, width: int, channels: int = 3,
+                   label_offset: int = 1, synset: str = "", text: str = "", filename: str = "",
+                   image_format: str = "JPEG", colorspace: str = "RGB") -> bytes:
+    """One serialized ``tf.train.Example`` in the ImageNet schema; stores ``label + label_offset``.
+
+    ``label`` is 0-based; the standard files store 1..1000 (0 = background), hence ``label_offset=1``.
+    """
+    tf = import_tf()
+    feature = tf.train.Feature
+
+    def b(v: bytes | str):
+        return feature(bytes_list=tf.train.BytesList(value=[v.encode() if isinstance(v, str) else v]))
+
+    def i(v: int):
+        return feature(int64_list=tf.train.Int64List(value=[int(v)]))
+
+    features = {
+        "image/encoded": b(image), "image/format": b(image_format), "image/colorspace": b(colorspace),
+        "image/height": i(height), "image/width": i(width), "image/channels": i(channels),
+        "image/class/label": i(label + label_offset), "image/class/synset": b(synset),
+        "image/class/text": b(text), "image/filename": b(filename),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+def write_shards(out_dir: str | os.PathLike, split: str, records: Iterable[bytes], num_shards: int,
+                 *, num_classes: int | None = None) -> dict[str, int]:
+    """Write serialized examples round-robin into ``num_shards`` files; returns ``{file name: records}``.
+
+    Round-robin keeps shards within one record of each other. The counts are merged into ``labkit-info.json``.
+    """
+    if num_shards < 1:
+        raise ValueError(f"write_shards: num_shards must be >= 1, got {num_shards}")
+    tf = import_tf()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [shard_name(split, k, num_shards) for k in range(num_shards)]
+    writers = [tf.io.TFRecordWriter(str(out / n)) for n in names]
+    counts = dict.fromkeys(names, 0)
+    try:
+        for k, record in enumerate(records):
+            writers[k % num_shards].write(record)
+            counts[names[k % num_shards]] += 1
+    finally:
+        for w in writers:
+            w.close()
+    info = read_info(out)
+    info.setdefault("records", {}).update(counts)
+    if num_classes is not None:
+        info["num_classes"] = int(num_classes)
+    (out / INFO_FILE).write_text(json.dumps(info, indent=1, sort_keys=True))
+    return counts
+
+
+def read_info(data_dir: str | os.PathLike) -> dict:
+    """The directory's ``labkit-info.json`` (``{}`` for TFRecords written by other tools)."""
+    path = Path(data_dir) / INFO_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def list_files(data: str | os.PathLike, split: str) -> list[str]:
+    """Sorted shard files of ``split``: ``data`` is a directory (``{split}-*``) or a glob pattern.
+
+    Raises ``FileNotFoundError`` naming the missing directory, or the pattern that matched nothing.
+    """
+    data = str(data)
+    if _GLOB_CHARS & set(data):
+        pattern = data
+    else:
+        if not os.path.isdir(data):
+            raise FileNotFoundError(f"data directory {data!r} does not exist (expected TFRecord shards "
+                                    f"named like {shard_name(split, 0, 1)} in it, or a glob pattern)")
+        pattern = os.path.join(data, f"{split}-*")
+    files = sorted(f for f in glob.glob(pattern) if os.path.isfile(f) and not f.endswith(".json"))
+    if not files:
+        raise FileNotFoundError(f"no TFRecord files match {pattern!r} (split {split!r})")
+    return files
+
+
+def count_records(files: list[str]) -> list[int]:
+    """Records per file: from ``labkit-info.json`` when the directory has one, else by reading the file once."""
+    tf = import_tf()
+    counts = []
+    for f in files:
+        known = read_info(os.path.dirname(f)).get("records", {}).get(os.path.basename(f))
+        if known is None:  # a file from another tool: count it (reads it; corrupt tails are not counted)
+            ds = tf.data.TFRecordDataset(f).ignore_errors()
+            known = int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+        counts.append(int(known))
+    return counts
+
+
+def parse_example(serialized, label_offset: int = 1):
+    """(tf graph) serialized Example -> ``(jpeg bytes, label int32 = stored label - label_offset)``."""
+    tf = import_tf()
+    features = tf.io.parse_single_example(serialized, {
+        "image/encoded": tf.io.FixedLenFeature([], tf.string),
+        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+    })
+    return features["image/encoded"], tf.cast(features["image/class/label"] - label_offset, tf.int32)
+
+
+def read_examples(files: str | list[str]) -> list[dict]:
+    """Every example of some files as Python values (for tests and inspection, not for training)."""
+    tf = import_tf()
+    files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+    out = []
+    for raw in tf.data.TFRecordDataset([str(f) for f in files]):
+        ex = tf.train.Example.FromString(raw.numpy()).features.feature
+        row = {}
+        for key, feat in ex.items():
+            kind = feat.WhichOneof("kind")
+            values = list(getattr(feat, kind).value)
+            row[key] = values[0] if len(values) == 1 else values
+        out.append(row)
+    return out
