@@ -45,6 +45,8 @@ class Config:
     image_size: int = 32
     label_offset: int = 0                  # 1 for ImageNet TFRecords written by the usual script (labels 1..1000)
     train_images: int = 0                  # 0: from the data set (sets the epoch length)
+    crop_area_min: float = 0.08            # random crop's minimum share of the image area (paper: 0.08)
+    random_flip: bool = True               # random left-right flips (off for digits: mirrored digits mislead)
     # Topology
     cpu_devices: int = 8                   # simulated devices when the backend is CPU
     shape: str = ""                        # torus "XxY"; "" = most square
@@ -100,6 +102,7 @@ class Config:
         _check_range(self, "warmup_epochs", lo=0)
         _check_range(self, "eval_every_epochs", lo=0, lo_open=True)
         _check_range(self, "target_accuracy", lo=0, hi=1)
+        _check_range(self, "crop_area_min", lo=0, hi=1, lo_open=True)
         _check_range(self, "label_smoothing", lo=0, hi=1, hi_open=True)
         _check_range(self, "momentum", lo=0, hi=1, hi_open=True)
         for key in ("base_lr", "peak_lr", "weight_decay", "decay_power", "num_classes", "train_images",

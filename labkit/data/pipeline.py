@@ -142,16 +142,17 @@ def _read_file(path, size, counter: SkipCounter):
     return tagged.concatenate(end).scan(tf.constant(0, tf.int64), step).filter(keep).map(lambda r, e, c: r)
 
 
-def _records(files, switches: Switches, counter, host, num_hosts, *, train: bool, cycle_length: int):
+def _records(files, switches: Switches, counter, host, num_hosts, *, train: bool, cycle_length: int,
+             seed: int | None = None, deterministic: bool = False):
     tf = import_tf()
     sizes = [os.path.getsize(f) for f in files]
     ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
     if train and switches.shuffle:
-        ds = ds.shuffle(len(files))
+        ds = ds.shuffle(len(files), seed=seed)
     read = lambda f, n: _read_file(f, n, counter)  # noqa: E731
     if switches.interleave:
         ds = ds.interleave(read, cycle_length=max(1, min(cycle_length, len(files))), block_length=1,
-                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=not train)
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or not train)
     else:
         ds = ds.flat_map(read)
     if not switches.shard_files and num_hosts > 1:
@@ -159,25 +160,29 @@ def _records(files, switches: Switches, counter, host, num_hosts, *, train: bool
     return ds.cache() if switches.cache else ds
 
 
-def _decode_all(ds, decode, size, switches: Switches, counter, keys, label_offset, num_classes, *, train):
-    """Parse+decode each record; any error turns it into a marked bad element, counted here and dropped."""
+def _decode_all(ds, decode, size, switches: Switches, counter, keys, label_offset, num_classes, *, train,
+                deterministic: bool = False):
+    """Parse+decode each ``(record, index)``; any error turns it into a marked bad element, counted and dropped.
+
+    ``decode(image_bytes, index)``: the index (position in the stream) seeds stateless augmentation.
+    """
     tf = import_tf()
     dtype = tf.bfloat16 if switches.bfloat16 else tf.float32
 
-    def good(record):
+    def good(record, index):
         image_bytes, label = _parse(record, keys, label_offset)
-        image = decode(image_bytes)
+        image = decode(image_bytes, index)
         return tf.cast(image, dtype), label, True
 
     bad = (tf.zeros([size, size, 3], dtype), tf.constant(-1, tf.int32), False)
 
-    def safely(record):  # a one-element dataset: the decoded record, or the bad marker if it failed
-        one = tf.data.Dataset.from_tensors(record).map(good).ignore_errors()
+    def safely(record, index):  # a one-element dataset: the decoded record, or the bad marker if it failed
+        one = tf.data.Dataset.from_tensors((record, index)).map(good).ignore_errors()
         return one.concatenate(tf.data.Dataset.from_tensors(bad)).take(1)
 
     if switches.parallel_map:
         ds = ds.interleave(safely, cycle_length=2 * (os.cpu_count() or 2), block_length=1,
-                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=not train)
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or not train)
     else:
         ds = ds.interleave(safely, cycle_length=1, block_length=1)
 
@@ -200,11 +205,12 @@ def _parse(record, keys, label_offset):
     return f[image_key], tf.cast(f[label_key] - label_offset, tf.int32)
 
 
-def _finish(ds, batch_size, switches: Switches, threads, *, train: bool):
+def _finish(ds, batch_size, switches: Switches, threads, *, train: bool, deterministic: bool = False):
     tf = import_tf()
+    deterministic = deterministic or not train
     if switches.parallel_map:
         ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE,
-                      deterministic=not train)
+                      deterministic=deterministic)
     else:
         ds = ds.batch(batch_size, drop_remainder=True)
     keys = ("image", "label", "mask")
@@ -212,7 +218,7 @@ def _finish(ds, batch_size, switches: Switches, threads, *, train: bool):
     if switches.prefetch:
         ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
-    options.deterministic = not train
+    options.deterministic = deterministic
     options.threading.max_intra_op_parallelism = 1  # the paper's setting: parallelism comes from tf.data
     if switches.private_threadpool:
         options.threading.private_threadpool_size = threads or os.cpu_count() or 2
@@ -241,7 +247,8 @@ def train_dataset(data, batch_size: int, *, image_size: int = 224, split: str = 
                   switches: Switches = Switches(), num_classes: int | None = None, label_offset: int | None = None,
                   num_epochs: int | None = None, process_index: int | None = None, process_count: int | None = None,
                   cycle_length: int = 64, shuffle_buffer: int = 16384, threads: int | None = None,
-                  skip_counter: SkipCounter | None = None):
+                  skip_counter: SkipCounter | None = None, seed: int | None = None, deterministic: bool = False,
+                  crop_area: tuple[float, float] = preprocess.AREA_RANGE):
     """Host-local training batches ``{"image": [B,S,S,3] bf16|f32 0..255, "label": [B] int32}``.
 
     ``data``: a directory of ImageNet-schema shards, a glob, ``"digits"``/``"photos"``, or ``"tfds:NAME"``.
@@ -249,6 +256,11 @@ def train_dataset(data, batch_size: int, *, image_size: int = 224, split: str = 
     subtracted from stored labels, which must then lie in ``[0, num_classes)`` (else an error naming the value).
     ``num_epochs=None`` repeats forever. Hosts default to ``jax.process_index()/process_count()``. Bad records
     are skipped and counted in ``skip_counter`` (also at ``dataset.skip_counter``).
+    ``seed`` seeds the shuffles, and crops and flips become stateless functions of (seed, position in the
+    stream); with ``deterministic`` every parallel stage keeps its order too, so the batches depend on the
+    seed alone (what an exactly resumable run needs; slightly slower). Default: the paper's free order.
+    ``crop_area``: the random crop's share of the image area (the paper's (0.08, 1.0) by default; small
+    images such as 32x32 digits train better with a milder crop).
     """
     tf = import_tf()
     files, keys, label_offset, num_classes, host, n, counter = _setup(
@@ -258,18 +270,27 @@ def train_dataset(data, batch_size: int, *, image_size: int = 224, split: str = 
             raise ValueError(f"train: {len(files)} files cannot be split over {n} hosts; write at least {n} "
                              "shards or use Switches(shard_files=False)")
         files = files[host::n]
-    ds = _records(files, switches, counter, host, n, train=True, cycle_length=cycle_length)
+    ds = _records(files, switches, counter, host, n, train=True, cycle_length=cycle_length, seed=seed,
+                  deterministic=deterministic)
     if switches.shuffle:
-        ds = ds.shuffle(shuffle_buffer)
-    ds = ds.repeat(num_epochs)
+        ds = ds.shuffle(shuffle_buffer, seed=None if seed is None else seed + 1)
+    ds = ds.repeat(num_epochs).enumerate().map(lambda i, r: (r, i))  # position: seeds stateless augmentation
 
-    def decode(image_bytes):
+    def decode(image_bytes, index):
+        seeds = None if seed is None else tf.random.experimental.stateless_split(
+            tf.stack([tf.constant(seed, tf.int64), index]), 2)
         image = preprocess.decode_and_random_crop(image_bytes, image_size, fused=switches.fused_crop,
-                                                  bicubic=switches.bicubic)
-        return tf.image.random_flip_left_right(image) if switches.random_flip else image
+                                                  bicubic=switches.bicubic, seed=None if seeds is None else seeds[0],
+                                                  area_range=crop_area)
+        if not switches.random_flip:
+            return image
+        if seeds is None:
+            return tf.image.random_flip_left_right(image)
+        return tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
 
-    ds = _decode_all(ds, decode, image_size, switches, counter, keys, label_offset, num_classes, train=True)
-    ds = _finish(ds, batch_size, switches, threads, train=True)
+    ds = _decode_all(ds, decode, image_size, switches, counter, keys, label_offset, num_classes, train=True,
+                     deterministic=deterministic)
+    ds = _finish(ds, batch_size, switches, threads, train=True, deterministic=deterministic)
     ds.skip_counter = counter
     return ds
 
@@ -299,10 +320,11 @@ def eval_dataset(data, batch_size: int, *, image_size: int = 224, split: str = "
     else:  # more hosts than files: this host only pads
         ds = tf.data.Dataset.from_tensor_slices(tf.constant([], tf.string))
 
-    def decode(image_bytes):
+    def decode(image_bytes, _index):
         return preprocess.decode_and_center_crop(image_bytes, image_size, fused=switches.fused_crop,
                                                  bicubic=switches.bicubic)
 
+    ds = ds.map(lambda r: (r, tf.constant(0, tf.int64)))
     ds = _decode_all(ds, decode, image_size, switches, counter, keys, label_offset, num_classes, train=False)
     dtype = tf.bfloat16 if switches.bfloat16 else tf.float32
     pad = tf.data.Dataset.from_tensors((tf.zeros([image_size, image_size, 3], dtype),

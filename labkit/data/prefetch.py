@@ -56,11 +56,12 @@ class DevicePrefetcher:
     in the producer is raised in the consumer at the step where it would have been used.
     ``stream``: where ``input_queue`` events go (default: the process-wide ``telemetry.current()``);
     ``emit_every``: one event every N steps (0 = none). ``skip_counter`` defaults to ``source.skip_counter``.
+    ``start_step``: the training step of the first batch (so ``input_queue`` events line up with ``step``).
     """
 
     def __init__(self, source: Iterable[dict[str, Any]], topo, *, size: int = 2,
                  stream: telemetry.EventStream | None = None, emit_every: int = 1, window: int = 20,
-                 skip_counter=None):
+                 skip_counter=None, start_step: int = 0):
         if size < 1:
             raise ValueError(f"DevicePrefetcher: size must be >= 1, got {size}")
         self.topo, self.size, self._stream, self._emit_every = topo, size, stream, emit_every
@@ -71,7 +72,7 @@ class DevicePrefetcher:
         self._produced = collections.deque(maxlen=window)  # (time, images) per produced batch
         self._consumed = collections.deque(maxlen=window)
         self._lock = threading.Lock()
-        self.step = 0
+        self.step = self._start_step = start_step  # events carry training-step numbers, also after a resume
         self.total_wait_s = 0.0
         self.input_bound_steps = 0
         self.images = 0
@@ -158,7 +159,7 @@ class DevicePrefetcher:
 
     def summary(self) -> dict:
         """For a run summary: steps, images, total consumer wait, input-bound steps, skipped records."""
-        return {"steps": self.step, "images": self.images, "input_wait_s": self.total_wait_s,
+        return {"steps": self.step - self._start_step, "images": self.images, "input_wait_s": self.total_wait_s,
                 "input_bound_steps": self.input_bound_steps, "skipped": self.skipped}
 
     # -- shutdown -------------------------------------------------------------------------------------------

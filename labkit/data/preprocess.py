@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from labkit.data._tf import import_tf
 
-__all__ = ["CENTER_CROP_FRACTION", "decode_and_random_crop", "decode_and_center_crop", "resize"]
+__all__ = ["AREA_RANGE", "CENTER_CROP_FRACTION", "decode_and_random_crop", "decode_and_center_crop", "resize"]
 
 CENTER_CROP_FRACTION = 224 / 256  # eval: the 224 center of an image resized to 256 (crop padding 32)
-_AREA, _ASPECT, _ATTEMPTS = (0.08, 1.0), (3 / 4, 4 / 3), 10
+AREA_RANGE, _ASPECT, _ATTEMPTS = (0.08, 1.0), (3 / 4, 4 / 3), 10  # the paper's random-crop settings
 
 
 def resize(image, size: int, bicubic: bool = True):
@@ -30,12 +30,17 @@ def _require_jpeg(image_bytes):
     tf.debugging.assert_equal(tf.io.is_jpeg(image_bytes), True, message="record is not a JPEG")
 
 
-def _sample_window(shape):
+def _sample_window(shape, seed=None, area_range=AREA_RANGE):
+    """A random crop window; with ``seed`` (a [2] int tensor) stateless, so it depends on the seed alone."""
     tf = import_tf()
-    begin, size, _ = tf.image.sample_distorted_bounding_box(
-        shape, bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4]),
-        min_object_covered=0.1, aspect_ratio_range=_ASPECT, area_range=_AREA, max_attempts=_ATTEMPTS,
-        use_image_if_no_bounding_boxes=True)
+    kwargs = dict(bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4]),
+                  min_object_covered=0.1, aspect_ratio_range=_ASPECT, area_range=area_range,
+                  max_attempts=_ATTEMPTS,
+                  use_image_if_no_bounding_boxes=True)
+    if seed is None:
+        begin, size, _ = tf.image.sample_distorted_bounding_box(shape, **kwargs)
+    else:
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(shape, seed=seed, **kwargs)
     return begin, size
 
 
@@ -47,23 +52,26 @@ def _center_window(shape):
     return (h - side + 1) // 2, (w - side + 1) // 2, side, side
 
 
-def decode_and_random_crop(image_bytes, size: int, *, fused: bool = True, bicubic: bool = True):
+def decode_and_random_crop(image_bytes, size: int, *, fused: bool = True, bicubic: bool = True, seed=None,
+                           area_range=AREA_RANGE):
     """(tf) JPEG bytes -> random-crop ``[size, size, 3]`` float32 in 0..255.
 
     ``fused``: read the JPEG header, sample the window, decode only the window (``decode_and_crop_jpeg``).
     Otherwise decode the whole image, then crop (the naive way: every pixel is decoded, most are thrown away).
+    ``seed``: a [2] int tensor for a stateless (reproducible) window; None draws from TF's stateful RNG.
+    ``area_range``: the crop's fraction of the image area (the paper's ImageNet setting by default).
     """
     tf = import_tf()
     _require_jpeg(image_bytes)
     if fused:
         shape = tf.io.extract_jpeg_shape(image_bytes)
-        begin, crop = _sample_window(shape)
+        begin, crop = _sample_window(shape, seed, area_range)
         y, x, _ = tf.unstack(begin)
         h, w, _ = tf.unstack(crop)
         image = tf.io.decode_and_crop_jpeg(image_bytes, tf.stack([y, x, h, w]), channels=3)
     else:
         image = tf.io.decode_jpeg(image_bytes, channels=3)
-        begin, crop = _sample_window(tf.shape(image))
+        begin, crop = _sample_window(tf.shape(image), seed, area_range)
         image = tf.slice(image, begin, crop)
     return resize(image, size, bicubic)
 

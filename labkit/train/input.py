@@ -65,15 +65,20 @@ def create_train_iterator(config: Config, topo: Topology, info: DataInfo, *, sta
     if info.source == "synthetic":
         return synthetic_batches(topo, config.global_batch, image_size=config.image_size,
                                  num_classes=info.num_classes, seed=config.seed)
-    from labkit.data import train_dataset
+    from labkit.data import Switches, train_dataset
     per_host = config.global_batch // jax.process_count()
+    # Deterministic: the stream depends on the seed alone, so skipping the consumed batches reproduces an
+    # unbroken run exactly (it re-reads them). Otherwise (the pod presets): a fresh shuffle, seeded by the step.
+    seed = config.seed if config.deterministic else config.seed + start_step
     ds = train_dataset(info.source, per_host, image_size=config.image_size, num_classes=info.num_classes,
-                       label_offset=_label_offset(config), seed=config.seed, deterministic=config.deterministic)
+                       label_offset=_label_offset(config), seed=seed, deterministic=config.deterministic,
+                       crop_area=(config.crop_area_min, 1.0),
+                       switches=Switches(random_flip=config.random_flip))
     counter = ds.skip_counter
-    if start_step:
-        ds = ds.skip(start_step)  # replays the skipped batches' random draws too: same data as unbroken
+    if start_step and config.deterministic:
+        ds = ds.skip(start_step)
     return DevicePrefetcher(ds, topo, size=max(1, config.prefetch), stream=stream,
-                            emit_every=max(1, config.log_every_steps), skip_counter=counter)
+                            emit_every=max(1, config.log_every_steps), skip_counter=counter, start_step=start_step)
 
 
 def eval_batches(config: Config, topo: Topology, info: DataInfo):
