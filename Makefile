@@ -1,6 +1,8 @@
 # labkit: two commands on a fresh machine.
-#   make run   - create .venv (if needed), install labkit, run the main job
+#   make run   - create .venv (if needed), install labkit, run the main job: the full training notebook
+#                (notebooks/04_train.ipynb on digits) with papermill into runs/<name>/, then print its summary
 #   make test  - create .venv (if needed), install labkit + test tools, run the whole test suite
+#                (pytest on tests/, and nbval on every notebook)
 # Python: 3.12 preferred (jax 0.12); 3.11 works (jax 0.10.2). Override with `make PYTHON=/path/to/python3.x`.
 
 PYTHON ?= $(shell for p in python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) \
@@ -9,7 +11,7 @@ PYTHON ?= $(shell for p in python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/b
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test info clean chromium
+.PHONY: setup run demo test info clean chromium
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "labkit needs Python >= 3.11 (3.12 preferred); set PYTHON=..."; exit 1; }
@@ -22,6 +24,9 @@ setup: $(STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/labkit info
+	$(VENV)/bin/labkit run
+
+demo: $(STAMP)
 	$(VENV)/bin/labkit demo
 
 # The dashboard's browser tests drive Debian's Chromium through Playwright (never a downloaded browser).
@@ -37,8 +42,10 @@ chromium:
 	       "will be skipped (install it with: sudo apt-get install chromium)"; \
 	fi
 
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval-sanitize.cfg --nbval-cell-timeout 900
+
 test: $(STAMP) chromium
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest tests notebooks $(NBVAL)
 
 info: $(STAMP)
 	$(VENV)/bin/labkit info

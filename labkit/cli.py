@@ -71,10 +71,12 @@ _PLUGINS = {
     ("bench", "train"): "labkit.train.bench",
     ("data", "convert"): "labkit.data.convert",
     ("dashboard", None): "labkit.dashboard.serve",
+    ("run", None): "labkit.runs",
 }
 _GROUP_HELP = {"bench": "measure: input pipeline, collectives, training step, telemetry overhead",
                "data": "data sets: convert image folders to ImageNet-format TFRecords",
-               "dashboard": "serve or save the live Panel dashboard of a run directory"}
+               "dashboard": "serve or save the live Panel dashboard of a run directory",
+               "run": "execute a notebook with papermill into runs/<name>/ and index the results"}
 
 
 def _add_plugins(sub) -> None:

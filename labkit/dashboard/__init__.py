@@ -15,10 +15,11 @@ Must not: compute what the library reports, or slow a writer (pages only poll).
 from labkit.dashboard.app import VIEWS, overview, save_snapshot
 from labkit.dashboard.bn_view import bn_view
 from labkit.dashboard.collective_view import collective_view
+from labkit.dashboard.controls import run_controls
 from labkit.dashboard.feed import Feed
 from labkit.dashboard.input_view import input_view
 from labkit.dashboard.sources import MemorySource, Reader, RunDirSource
 from labkit.dashboard.training_view import training_view
 
-__all__ = ["overview", "save_snapshot", "bn_view", "input_view", "collective_view", "training_view",
+__all__ = ["overview", "save_snapshot", "run_controls", "bn_view", "input_view", "collective_view", "training_view",
            "MemorySource", "RunDirSource", "Reader", "Feed", "VIEWS"]

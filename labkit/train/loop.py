@@ -117,6 +117,9 @@ class _Run:
                  f"{self.info.num_classes} classes), {topo.num_replicas} replicas on a {topo.shape[0]}x"
                  f"{topo.shape[1]} torus, BN group {cfg.bn_group}, all-reduce {cfg.allreduce}, "
                  f"{self.total_steps} steps of {cfg.global_batch}")
+        if cfg.target_accuracy and self.meta["time_to_accuracy_s"] is not None:
+            self.log(f"the run in {self.workdir} already reached its target; nothing to train")
+            return self._finish("target")
         self.iterator = create_train_iterator(cfg, topo, self.info, start_step=start, stream=self.stream)
         reason, compiled = "epochs", set()
         progress = _progress(self.total_steps, start) if sys.stdout.isatty() else None
