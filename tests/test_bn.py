@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import GROUPS, SHAPES
+from tests.conftest import GROUPS, SHAPES
 from jax.sharding import PartitionSpec as P
 
 from labkit.bn import BN_STAT_FIELDS, DistributedBatchNorm, stats_records

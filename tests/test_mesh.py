@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import GROUPS, SHAPES
+from tests.conftest import GROUPS, SHAPES
 from jax.sharding import PartitionSpec as P
 
 from labkit.mesh import Topology, allowed_bn_groups, simulate_devices

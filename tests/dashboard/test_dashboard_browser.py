@@ -1,6 +1,6 @@
 """A real browser (Debian's Chromium via Playwright) watches the served dashboard update as events arrive."""
-from conftest import ARTIFACTS, JS_COLUMN_LENGTHS
-from dashboard_events import emit_bench, emit_run_start, emit_steps
+from tests.dashboard.conftest import ARTIFACTS, JS_COLUMN_LENGTHS
+from tests.dashboard.dashboard_events import emit_bench, emit_run_start, emit_steps
 from labkit import telemetry
 from labkit.dashboard import RunDirSource, overview
 

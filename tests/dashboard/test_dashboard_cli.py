@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from bokeh.client import pull_session
 
-from conftest import free_port, wait_until
-from dashboard_events import ALGORITHMS, LAYERS, emit_full_run, loss_at
+from tests.dashboard.conftest import free_port, wait_until
+from tests.dashboard.dashboard_events import ALGORITHMS, LAYERS, emit_full_run, loss_at
 from labkit import cli, telemetry
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ def test_save_of_a_missing_run_dir_writes_the_waiting_message(tmp_path, capsys):
 
 
 def test_static_snapshot_opens_offline_in_chromium(run_dir, tmp_path, browser):
-    from conftest import JS_COLUMN_LENGTHS
+    from tests.dashboard.conftest import JS_COLUMN_LENGTHS
     out = tmp_path / "snap.html"
     assert cli.main(["dashboard", str(run_dir), "--save", str(out)]) == 0
     page = browser.new_page()

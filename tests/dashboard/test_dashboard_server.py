@@ -4,8 +4,8 @@ import time
 
 from bokeh.client import pull_session
 
-from conftest import wait_until
-from dashboard_events import emit_bench, emit_run_start, emit_steps
+from tests.dashboard.conftest import wait_until
+from tests.dashboard.dashboard_events import emit_bench, emit_run_start, emit_steps
 from labkit import telemetry
 from labkit.dashboard import MemorySource, RunDirSource, overview
 

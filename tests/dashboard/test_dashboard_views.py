@@ -5,7 +5,7 @@ import numpy as np
 import panel as pn
 import pytest
 
-from dashboard_events import (ALGORITHMS, ALPHA, LAYERS, SIZES, bn_record, emit_bench, emit_full_run,
+from tests.dashboard.dashboard_events import (ALGORITHMS, ALPHA, LAYERS, SIZES, bn_record, emit_bench, emit_full_run,
                               emit_run_start, emit_steps, loss_at, noise)
 from labkit import telemetry
 from labkit.dashboard import MemorySource, RunDirSource, bn_view, collective_view, input_view, overview, training_view

@@ -2,7 +2,7 @@
 import time
 
 from labkit.train.background import BackgroundRun
-from test_loop import TINY  # noqa: E402 (tests/train is on sys.path)
+from tests.train.test_loop import TINY
 
 
 def test_background_run_streams_stops_and_resumes(tmp_path):
