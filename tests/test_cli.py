@@ -1,4 +1,5 @@
 """labkit.cli: `labkit info` and `labkit demo` as a user runs them (fresh processes)."""
+import json
 import subprocess
 import sys
 
@@ -31,3 +32,17 @@ def test_demo_writes_telemetry(tmp_path):
     assert "simulated CPU devices: not a hardware number" in out.stdout
     events, skipped = read_events(tmp_path / "run")
     assert skipped == 0 and [e["step"] for e in events if e["kind"] == "step"] == [0, 1, 2, 3]
+
+
+def test_train_on_a_tiny_config_and_bad_override(tmp_path):
+    work = tmp_path / "t"
+    out = _labkit("train", "--set", "dataset=synthetic", "--set", "model=resnet_tiny", "--set", "image_size=16",
+                  "--set", "num_classes=10", "--set", "train_images=256", "--set", "global_batch=64",
+                  "--set", "epochs=1", "--set", "warmup_epochs=0.5", "--set", "target_accuracy=0",
+                  "--set", "collective_every_steps=0", "--max-steps", "3", "--workdir", str(work))
+    assert out.returncode == 0, out.stderr
+    assert "summary:" in out.stdout and "simulated CPU devices" in out.stdout
+    summary = json.loads((work / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["stopped"] == "max_steps"
+    bad = _labkit("train", "--set", "bn_group=3", "--workdir", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "bn_group: 3" in bad.stderr and "allowed values: [1, 2, 4, 8]" in bad.stderr
