@@ -14,7 +14,7 @@ import jax
 from labkit.config import Config, ConfigError
 from labkit.mesh import Topology
 
-__all__ = ["DataInfo", "describe_data", "create_train_iterator", "eval_batches"]
+__all__ = ["DataInfo", "describe_data", "create_train_iterator", "create_eval_dataset", "eval_batches"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,13 +81,19 @@ def create_train_iterator(config: Config, topo: Topology, info: DataInfo, *, sta
                             emit_every=max(1, config.log_every_steps), skip_counter=counter, start_step=start_step)
 
 
-def eval_batches(config: Config, topo: Topology, info: DataInfo):
-    """Global evaluation batches with ``mask`` (every validation image once, padding masked), then stop."""
+def create_eval_dataset(config: Config, info: DataInfo):
+    """This host's masked evaluation dataset (None for synthetic data), built once and iterated per evaluation."""
     if info.source == "synthetic":
-        return iter(())
+        return None
     from labkit.data import eval_dataset
     per_host = config.global_batch // jax.process_count()
-    ds = eval_dataset(info.source, per_host, image_size=config.image_size, num_classes=info.num_classes,
-                      label_offset=_label_offset(config))
+    return eval_dataset(info.source, per_host, image_size=config.image_size, num_classes=info.num_classes,
+                        label_offset=_label_offset(config))
+
+
+def eval_batches(ds, topo: Topology):
+    """One pass over ``ds`` as global batches with ``mask`` (every validation image once, padding masked)."""
+    if ds is None:
+        return
     for batch in ds.as_numpy_iterator():
         yield {k: topo.shard_batch(v) for k, v in batch.items()}

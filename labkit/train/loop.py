@@ -25,8 +25,8 @@ from labkit.config import Config
 from labkit.mesh import Topology, allowed_bn_groups, initialize_multihost, simulate_devices
 from labkit.models import count_params, create_model
 from labkit.train.checkpoint import Checkpointer, check_workdir_config
-from labkit.train.input import create_train_iterator, describe_data, eval_batches
-from labkit.train.measure import peak_flops_per_device, step_flops, time_gradient_allreduce
+from labkit.train.input import create_eval_dataset, create_train_iterator, describe_data, eval_batches
+from labkit.train.measure import make_allreduce_timer, peak_flops_per_device, step_flops
 from labkit.train.optim import create_optimizer, create_schedule
 from labkit.train.step import create_train_state, make_eval_step, make_train_step
 
@@ -83,6 +83,8 @@ class _Run:
         shape = (config.image_size, config.image_size, 3)
         self.state = jax.device_put(create_train_state(self.model, tx, shape, rng=config.seed), topo.replicated)
         self.reducer = make_reducer(topo, config.allreduce)
+        self.time_allreduce = None  # built at the first collective timing
+        self.eval_ds = None  # built at the first evaluation
         kw = dict(reduce_gradients=self.reducer, label_smoothing=config.label_smoothing, preprocess=normalize)
         self.steps = {False: make_train_step(self.model, topo, **kw),
                       True: make_train_step(self.model, topo, capture_bn=True, **kw)}
@@ -177,7 +179,9 @@ class _Run:
             for record in records if jax.process_index() == 0 else ():  # every replica's row: one host emits
                 self.stream.emit("bn_stats", step=step, **record)
         if cfg.collective_every_steps and step % cfg.collective_every_steps == 0:
-            timing = time_gradient_allreduce(self.reducer, self.state.params, self.topo)
+            if self.time_allreduce is None:  # shapes never change: compile the timed all-reduce once
+                self.time_allreduce = make_allreduce_timer(self.reducer, self.state.params, self.topo)
+            timing = self.time_allreduce()
             self.stream.emit("collective", step=step, algorithm=cfg.allreduce, replicas=self.topo.num_replicas,
                              source="train", **timing)
         if step % max(1, self.total_steps // 10) == 0 and not sys.stdout.isatty():
@@ -188,7 +192,9 @@ class _Run:
         cfg = self.config
         t0 = time.perf_counter()
         totals = {"top1": 0.0, "top5": 0.0, "count": 0.0}
-        for batch in eval_batches(cfg, self.topo, self.info):
+        if self.eval_ds is None:  # built once: the record count and pipeline are not redone each eval
+            self.eval_ds = create_eval_dataset(cfg, self.info)
+        for batch in eval_batches(self.eval_ds, self.topo):
             counts = self.eval_step(self.state, batch["image"], batch["label"], batch["mask"])
             totals = {k: totals[k] + float(counts[k]) for k in totals}
         if not totals["count"]:
