@@ -67,7 +67,6 @@ def _cmd_train(args) -> int:
 _PLUGINS = {
     ("bench", "input"): "labkit.data.bench",
     ("bench", "collectives"): "labkit.collectives.bench",
-    ("bench", "telemetry"): "labkit.telemetry_bench",
     ("bench", "train"): "labkit.train.bench",
     ("data", "convert"): "labkit.data.convert",
     ("dashboard", None): "labkit.dashboard.serve",

@@ -4,7 +4,8 @@ Owns one measurement, in one process, modes alternating block by block so machin
   single    the same model and global batch on one device (BN over the whole batch, no all-reduce),
   replicas  the SPMD step on every device: grouped BN + the chosen all-reduce,
   +telemetry the SPMD step plus the training loop's telemetry cadence (a ``step`` event each step, every
-            layer's ``bn_stats`` every ``--bn-stats-every`` steps) into a JSONL file.
+            layer's ``bn_stats`` every ``--bn-stats-every`` steps) into a JSONL file,
+plus the cost of one ``emit()`` call.
 Inputs are device-resident synthetic batches, so the input pipeline is not part of it (``labkit bench input``).
 Must not: change the step it measures.
 """
@@ -91,6 +92,10 @@ def run(args) -> int:
             times["single"].append(_block(ctx["single"], args.steps))
             times["replicas"].append(_block(ctx["replicas"], args.steps))
             times["+telemetry"].append(_block(ctx["replicas"], args.steps, stream, topo, args.bn_stats_every))
+        t0 = time.perf_counter()
+        for i in range(2000):
+            stream.emit("step", step=i, loss=1.0, images_per_s=1.0)
+        emit_us = (time.perf_counter() - t0) / 2000 * 1e6
         stream.close()
     med = {k: statistics.median(v) for k, v in times.items()}
     sim = jax.default_backend() == "cpu"
@@ -105,4 +110,6 @@ def run(args) -> int:
               f"{t / med['replicas']:>12.3f}x")
     print(f"  throughput, replicas vs single: {med['single'] / med['replicas']:.3f}x; telemetry overhead: "
           f"{100 * (med['+telemetry'] / med['replicas'] - 1):+.2f}% of step time")
+    print(f"  one emit() call: {emit_us:.2f} us (JSONL written on a background thread); worst case: "
+          f"--bn-stats-every 1 exports every layer's statistics every step")
     return 0
