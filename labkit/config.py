@@ -19,11 +19,14 @@ __all__ = ["Config", "ALLOWED", "ConfigError"]
 ALLOWED: dict[str, tuple] = {
     "model": ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200",
               "resnet18_small", "resnet_tiny"),
-    "dataset": ("digits", "photos", "synthetic", "tfrecords", "tfds"),
+    "dataset": ("digits", "fashion_mnist", "photos", "synthetic", "tfrecords", "tfds"),
     "allreduce": ("xla", "ring", "torus2d", "torus2d_bidir", "hierarchical"),
     "dtype": ("float32", "bfloat16"),
     "optimizer": ("sgd", "lars"),
     "lr_schedule": ("poly", "step"),
+    # "" = every input optimization on; else a rung of labkit.data.LADDER ("naive", or "+ NAME" given as NAME)
+    "input_rung": ("", "naive", "interleave", "parallel_map", "fused_crop", "cache", "bfloat16", "prefetch",
+                   "private_threadpool"),
 }
 
 
@@ -43,7 +46,7 @@ class Config:
     data_dir: str = ""                     # tfrecords: folder with train-*/validation-*; bundled: cache ("" = default)
     num_classes: int = 0                   # 0: from the data set
     image_size: int = 32
-    label_offset: int = 0                  # 1 for ImageNet TFRecords written by the usual script (labels 1..1000)
+    label_offset: int = -1                 # stored label - this = class; -1: from labkit-info.json, else 1 (ImageNet)
     train_images: int = 0                  # 0: from the data set (sets the epoch length)
     crop_area_min: float = 0.08            # random crop's minimum share of the image area (paper: 0.08)
     random_flip: bool = True               # random left-right flips (off for digits: mirrored digits mislead)
@@ -76,6 +79,7 @@ class Config:
     seed: int = 0
     # Input pipeline
     prefetch: int = 2                      # device batches queued ahead
+    input_rung: str = ""                   # host pipeline: "" = all optimizations; a LADDER rung for ablations
     deterministic: bool = True             # reproducible order (needed for exact resume)
 
     def __post_init__(self):
@@ -105,8 +109,9 @@ class Config:
         _check_range(self, "crop_area_min", lo=0, hi=1, lo_open=True)
         _check_range(self, "label_smoothing", lo=0, hi=1, hi_open=True)
         _check_range(self, "momentum", lo=0, hi=1, hi_open=True)
+        _check_range(self, "label_offset", lo=-1)
         for key in ("base_lr", "peak_lr", "weight_decay", "decay_power", "num_classes", "train_images",
-                    "label_offset", "checkpoint_every_steps", "bn_stats_every_steps", "collective_every_steps",
+                    "checkpoint_every_steps", "bn_stats_every_steps", "collective_every_steps",
                     "log_every_steps", "prefetch"):
             _check_range(self, key, lo=0)
         _check_range(self, "keep_checkpoints", lo=1)
@@ -117,6 +122,10 @@ class Config:
             if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
                 raise ConfigError(f"config.shape: expected 'XxY' such as '2x4' (or '' for automatic), "
                                   f"got {self.shape!r}")
+        if self.data_dir and self.dataset in ("digits", "photos", "synthetic"):  # never silently ignored
+            raise ConfigError(f"config.data_dir: {self.data_dir!r} is not read by the bundled dataset "
+                              f"{self.dataset!r}; allowed: '' (bundled data is cached in $LABKIT_DATA_DIR), or "
+                              "dataset 'tfrecords' / 'tfds' to read data_dir")
         if self.dataset == "tfrecords" and not self.data_dir:
             raise ConfigError("config.data_dir: dataset 'tfrecords' needs data_dir (a folder holding "
                               "train-* and validation-* TFRecord files)")

@@ -26,7 +26,7 @@ class DataInfo:
 
 
 def _source(config: Config) -> str:
-    if config.dataset in ("digits", "photos"):
+    if config.dataset in ("digits", "fashion_mnist", "photos"):
         return config.dataset
     if config.dataset == "tfds":
         return "tfds:" + (config.data_dir or "imagenet2012")
@@ -52,7 +52,17 @@ def describe_data(config: Config) -> DataInfo:
 
 
 def _label_offset(config: Config):
-    return config.label_offset if config.dataset == "tfrecords" else None  # bundled/TFDS: the schema knows
+    # -1 (the default) and bundled/TFDS data: the data set's own metadata decides (else 1, the ImageNet files)
+    return config.label_offset if config.dataset == "tfrecords" and config.label_offset >= 0 else None
+
+
+def _switches(config: Config):
+    """The host pipeline's switches: every optimization on, or the rung ``config.input_rung`` of the ladder."""
+    from labkit.data import LADDER, Switches
+    if not config.input_rung:
+        return Switches(random_flip=config.random_flip)
+    rungs = {name.lstrip("+ "): switches for name, switches in LADDER}
+    return dataclasses.replace(rungs[config.input_rung], random_flip=config.random_flip)
 
 
 def create_train_iterator(config: Config, topo: Topology, info: DataInfo, *, start_step: int = 0, stream=None):
@@ -73,7 +83,7 @@ def create_train_iterator(config: Config, topo: Topology, info: DataInfo, *, sta
     ds = train_dataset(info.source, per_host, image_size=config.image_size, num_classes=info.num_classes,
                        label_offset=_label_offset(config), seed=seed, deterministic=config.deterministic,
                        crop_area=(config.crop_area_min, 1.0),
-                       switches=Switches(random_flip=config.random_flip))
+                       switches=_switches(config))
     counter = ds.skip_counter
     if start_step and config.deterministic:
         ds = ds.skip(start_step)

@@ -25,7 +25,7 @@ def test_digits_has_the_fixed_split_and_every_real_label(tmp_path, monkeypatch):
 
 
 def test_unknown_bundled_name_lists_the_allowed():
-    with pytest.raises(ValueError, match=r"'imagenet' is unknown; allowed: \['digits', 'photos'\]"):
+    with pytest.raises(ValueError, match=r"'imagenet' is unknown; allowed: \['digits', 'fashion_mnist', 'photos'\]"):
         bundled.prepare("imagenet")
 
 
