@@ -1,7 +1,7 @@
-"""collectives.bench: ``labkit bench collectives``: time every all-reduce algorithm over a size sweep.
+"""bench.collectives: ``labkit bench collectives``: time every all-reduce algorithm over a size sweep.
 
 Owns the sweep (median of repeated runs after warm-up, each run ended by ``block_until_ready``; algorithms
-interleaved at each size so they see the same machine load), algbw/busbw (nccl-tests definitions), the
+interleaved at each size so they see the same machine load; ``bench.timer``), algbw/busbw (nccl-tests definitions), the
 fusion/padding overhead (a pytree of odd-sized leaves vs one pre-padded flat buffer, same algorithm, same run),
 the alpha-beta fit per algorithm, the pod projection, the printed tables, the JSON file and the ``collective``
 / ``cost_model`` telemetry events. CPU timings are labelled simulation everywhere.
@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
+
+from labkit.bench import timer
 
 __all__ = ["HELP", "add_arguments", "run", "sweep_sizes", "run_sweep", "measure_fusion_overhead"]
 
@@ -64,35 +64,27 @@ def sweep_sizes(min_bytes: int, max_bytes: int, factor: int = 4, resnet50: bool 
 
 
 def _time_runs(fns: dict, args: dict, repeats: int, warmup: int) -> dict[str, list[float]]:
-    """Compile + warm up each fn, then interleave timed runs so every fn sees the same load.
+    """Compile + warm up each fn, then interleave timed runs so every fn sees the same load (``bench.timer``).
 
     The fns donate their input and return an array of the same shape, so each run's output is the next run's
     input (zeros in, zeros out): the all-reduce works in place, as on gradient buffers inside a train step.
     """
-    import jax
-    first = {}
-    for name, fn in fns.items():
-        for _ in range(max(1, warmup)):
-            args[name] = jax.block_until_ready(fn(args[name]))
-        t0 = time.perf_counter()
-        args[name] = jax.block_until_ready(fn(args[name]))
-        first[name] = time.perf_counter() - t0
-    n = max(3, min(repeats, int(_BUDGET_S / max(sum(first.values()), 1e-9)))) if repeats >= 3 else repeats
-    times = {name: [] for name in fns}
-    for _ in range(n):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            args[name] = jax.block_until_ready(fn(args[name]))
-            times[name].append(time.perf_counter() - t0)
-    return times
+    def block(name):
+        def run():
+            args[name] = fns[name](args[name])
+            return args[name]
+        return run
+
+    return timer.interleave({name: block(name) for name in fns}, repeats, warmup=max(1, warmup),
+                            budget_s=_BUDGET_S if repeats >= 3 else None)
 
 
 def _in_place(topo, algorithm: str):
-    """jit(shard_map(reducer)) over rows = replicas, donating its input; ring fully explicit (ppermute)."""
+    """jit(shard_map(reducer)) over rows = replicas, donating its input; link-level forms all ppermute."""
     import jax
     from jax.sharding import PartitionSpec as P
     from labkit.collectives import make_reducer
-    reducer, axes = make_reducer(topo, algorithm, invariant=False), topo.replica_axes
+    reducer, axes = make_reducer(topo, algorithm), topo.replica_axes
 
     def body(tree):
         rows = reducer(jax.tree_util.tree_map(lambda b: b[0], tree))
@@ -169,13 +161,7 @@ def measure_fusion_overhead(topo, algorithm: str, total_elems: int, repeats: int
 
 
 def _describe_machine(topo) -> tuple[str, bool]:
-    import jax
-    dev = topo.mesh.devices.flat[0]
-    simulated = dev.platform == "cpu"
-    if simulated:
-        return (f"{os.cpu_count()}-core CPU, {topo.num_replicas} simulated devices: simulation, "
-                "not hardware numbers"), True
-    return f"{topo.num_replicas} x {dev.device_kind} ({jax.default_backend()})", False
+    return timer.describe_machine(topo.num_replicas)
 
 
 def _fmt_bytes(b: float) -> str:
@@ -268,7 +254,7 @@ def run(args) -> int:
     previous = telemetry.current()
     stream = telemetry.open_run(args.workdir) if args.workdir else previous
     try:
-        t0 = time.perf_counter()
+        t0 = timer.clock()
         results = run_sweep(topo, algorithms, sizes, args.repeats, args.warmup)
         for r in results:
             stream.emit("collective", replicas=n, source="bench", simulated=simulated,
@@ -301,7 +287,7 @@ def run(args) -> int:
                       f"{o['overhead'] * 100:+.1f}%")
         projection = costmodel.project_resnet50(directions=1) + costmodel.project_resnet50(directions=2)
         _print_projection(projection)
-        elapsed = time.perf_counter() - t0
+        elapsed = timer.clock() - t0
         print(f"({machine}; {elapsed:.0f} s)")
     finally:
         if stream is not previous:

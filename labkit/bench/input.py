@@ -1,4 +1,4 @@
-"""data.bench: ``labkit bench input``: the input-pipeline ablation ladder against the machine's ceiling.
+"""bench.input: ``labkit bench input``: the input-pipeline ablation ladder against the machine's ceiling.
 
 Owns the measurement: every rung of ``pipeline.LADDER`` (naive, then one optimization added at a time) timed in
 one run on the same data, in images/s, plus the *ceiling*: the fused decode-crop-resize-flip-cast alone over
@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
-from labkit.data import pipeline, preprocess, tfrecords
+from labkit.bench import timer
+from labkit.data import pipeline, preprocess
 from labkit.data._tf import import_tf
 
 __all__ = ["HELP", "add_arguments", "run", "measure_ladder", "measure_ceiling"]
@@ -23,15 +23,8 @@ HELP = "input-pipeline ablation ladder (naive -> all optimizations) vs the decod
 
 
 def _time_batches(iterator, seconds: float, max_images: int, warmup: int) -> tuple[float, int]:
-    for _ in range(warmup):  # pipeline start, shuffle buffer fill, first cache pass begin
-        next(iterator)
-    t0, n = time.perf_counter(), 0
-    while True:
-        batch = next(iterator)
-        n += int(batch["image"].shape[0])
-        elapsed = time.perf_counter() - t0
-        if elapsed >= seconds or (max_images and n >= max_images):
-            return n / elapsed, n
+    return timer.rate(iterator, seconds, count=lambda batch: int(batch["image"].shape[0]), max_items=max_images,
+                      warmup=warmup)
 
 
 def measure_ceiling(jpegs: list[bytes], image_size: int, seconds: float, *, threads: int | None = None,
@@ -57,9 +50,7 @@ def measure_ceiling(jpegs: list[bytes], image_size: int, seconds: float, *, thre
     images = images.map(one, num_parallel_calls=threads, deterministic=False).with_options(options)
 
     def timed(n: int) -> float:
-        t0 = time.perf_counter()
-        images.take(n).reduce(tf.constant(0, tf.int64), lambda c, _: c + 1)
-        return time.perf_counter() - t0
+        return timer.timed(lambda: images.take(n).reduce(tf.constant(0, tf.int64), lambda c, _: c + 1))[1]
 
     probe = max(threads * 8, 16)
     rate = probe / timed(probe)  # calibrate, then time about `seconds`
@@ -116,8 +107,8 @@ def _table(results: dict, args) -> str:
 
 def add_arguments(p) -> None:
     p.add_argument("--data", default="photos", help="bundled name or TFRecord directory (default photos)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument("--image-size", type=int, default=224, help="output image side in pixels (default 224)")
     p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per rung (default 10)")
     p.add_argument("--images", type=int, default=0, help="stop a rung after this many images (0: by time)")
     p.add_argument("--warmup", type=int, default=3, help="untimed batches per rung (default 3)")

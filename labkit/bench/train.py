@@ -1,4 +1,4 @@
-"""train.bench: ``labkit bench train``: distributed and telemetry overhead of the training step, side by side.
+"""bench.train: ``labkit bench train``: distributed and telemetry overhead of the training step, side by side.
 
 Owns one measurement, in one process, modes alternating block by block so machine drift hits all alike:
   single    the same model and global batch on one device (BN over the whole batch, no all-reduce),
@@ -11,9 +11,9 @@ Must not: change the step it measures.
 """
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
+
+from labkit.bench import timer
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -23,13 +23,13 @@ HELP = "training step: N replicas vs one device (same global batch), and telemet
 def add_arguments(parser) -> None:
     from labkit.cli import add_topology_args
     add_topology_args(parser)
-    parser.add_argument("--model", default="resnet18_small")
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--global-batch", type=int, default=128)
-    parser.add_argument("--allreduce", default="torus2d")
+    parser.add_argument("--model", default="resnet18_small", help="model name (default resnet18_small)")
+    parser.add_argument("--image-size", type=int, default=32, help="image side in pixels (default 32)")
+    parser.add_argument("--global-batch", type=int, default=128, help="global batch (default 128)")
+    parser.add_argument("--allreduce", default="torus2d", help="all-reduce algorithm (default torus2d)")
     parser.add_argument("--blocks", type=int, default=5, help="blocks of each mode")
     parser.add_argument("--steps", type=int, default=10, help="steps per block")
-    parser.add_argument("--bn-stats-every", type=int, default=20)
+    parser.add_argument("--bn-stats-every", type=int, default=20, help="capture BN statistics every N steps (default 20)")
 
 
 def _setup(topo, args, capture):
@@ -59,7 +59,6 @@ def _scale(images):
 
 def _block(ctx, steps, stream=None, topo=None, every=0):
     from labkit import bn
-    t0 = time.perf_counter()
     for i in range(steps):
         capture = stream is not None and every and i % every == 0
         ctx["state"], metrics, stats = ctx["steps"][bool(capture)](ctx["state"], ctx["batch"]["image"],
@@ -70,7 +69,7 @@ def _block(ctx, steps, stream=None, topo=None, every=0):
             if capture:
                 for record in bn.stats_records(stats, topo.bn_groups()):
                     stream.emit("bn_stats", step=i, **record)
-    return (time.perf_counter() - t0) / steps
+    return ctx["state"]
 
 
 def run(args) -> int:
@@ -85,19 +84,18 @@ def run(args) -> int:
     if args.global_batch % topo.num_replicas:
         raise ValueError(f"global_batch: {args.global_batch} is not divisible by the {topo.num_replicas} replicas")
     ctx = {"single": _setup(one, args, capture=False), "replicas": _setup(topo, args, capture=True)}
-    times = {"single": [], "replicas": [], "+telemetry": []}
     with tempfile.TemporaryDirectory() as tmp:
         stream = telemetry.EventStream(tmp)
-        for _ in range(args.blocks):
-            times["single"].append(_block(ctx["single"], args.steps))
-            times["replicas"].append(_block(ctx["replicas"], args.steps))
-            times["+telemetry"].append(_block(ctx["replicas"], args.steps, stream, topo, args.bn_stats_every))
-        t0 = time.perf_counter()
+        modes = {"single": lambda: _block(ctx["single"], args.steps),
+                 "replicas": lambda: _block(ctx["replicas"], args.steps),
+                 "+telemetry": lambda: _block(ctx["replicas"], args.steps, stream, topo, args.bn_stats_every)}
+        times = timer.interleave(modes, args.blocks, warmup=0)
+        t0 = timer.clock()
         for i in range(2000):
             stream.emit("step", step=i, loss=1.0, images_per_s=1.0)
-        emit_us = (time.perf_counter() - t0) / 2000 * 1e6
+        emit_us = (timer.clock() - t0) / 2000 * 1e6
         stream.close()
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = {k: t / args.steps for k, t in timer.medians(times).items()}
     sim = jax.default_backend() == "cpu"
     print(f"labkit bench train: {args.model} {args.image_size}x{args.image_size}, global batch "
           f"{args.global_batch}, {args.blocks} blocks x {args.steps} steps per mode, alternating"

@@ -1,14 +1,17 @@
 """collectives.costmodel: an alpha-beta cost model of the all-reduce algorithms, its fit, and a pod projection.
 
 Owns: named networks (TPU v3 pod 32x32 and slices, TPU v2-8 / v3-8, "N hosts x 8 GPUs"), the predicted time of
-``ring``, ``torus2d``, ``torus2d_bidir`` and ``hierarchical`` on them, a fit of (alpha, beta) to measured times,
+``ring``, ``torus2d``, ``torus2d_bidir``, ``hierarchical`` and the link-level forms on them, a fit of (alpha, beta) to measured times,
 and the ResNet-50 projection (all-reduce time, step time, time to train). Pure Python + numpy.
-Must not: run JAX collectives, time anything, or emit telemetry (``collectives.bench`` does).
+Must not: run JAX collectives, time anything, or emit telemetry (``labkit.bench.collectives`` does).
 
 Model: a ring phase over k members moving a payload of P bytes takes (k-1) steps of
 ``alpha + (P/k) / (bandwidth * directions)``: alpha = per-hop latency, bandwidth = one link, one direction.
 All-reduce = reduce-scatter + all-gather (2(k-1) steps). ``torus2d_bidir`` runs its two halves on the X and Y
-links at the same time, so each of its phases costs the slower of the two. Assumptions are stated where used.
+links at the same time, so each of its phases costs the slower of the two. ``torus2d_links`` has torus2d's
+phases; ``torus2d_bidir_links`` has torus2d_bidir's, always on both link directions. ``steps`` = the longest
+chain of ``ppermute`` hops in labkit's link-level code (tested against the traced programs).
+Assumptions are stated where used.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import numpy as np
 __all__ = ["MODELLED", "RESNET50_PARAMS", "Link", "Network", "Estimate", "network", "predict", "fit",
            "gpu_cluster", "project_resnet50", "PAPER", "MLPERF_V06_1024"]
 
-MODELLED = ("xla", "ring", "torus2d", "torus2d_bidir", "hierarchical")
+MODELLED = ("xla", "ring", "torus2d", "torus2d_bidir", "hierarchical", "torus2d_links", "torus2d_bidir_links")
 RESNET50_PARAMS = 25_557_032          # paper-facts section 3: ~102 MB fp32 / ~51 MB bf16
 IMAGENET_TRAIN = 1_281_167
 PAPER = {"minutes": 2.2, "images_per_s": 1.05e6, "chips": 1024, "batch": 32768}            # [paper]
@@ -134,15 +137,21 @@ def _concurrent(a, b) -> tuple[int, float, float]:
 
 def predict(net: Network, algorithm: str, nbytes: float, *, directions: int = 1) -> Estimate:
     """Predicted all-reduce of ``nbytes`` per chip on ``net``. ``directions=2``: every ring is split into two
-    counter-rotating rings (what TPU/NCCL runtimes do); labkit's own code uses one direction.
+    counter-rotating rings (what TPU/NCCL runtimes do); labkit's ``ring`` and ``torus2d_links`` use one.
 
     ``xla`` is modelled as the 1-D ring (nccl-tests' busbw convention); it stands for whatever XLA picks.
+    ``torus2d_links`` is ``torus2d``; ``torus2d_bidir_links`` is ``torus2d_bidir`` with ``directions=2``
+    whatever is passed (its code splits every phase over both directions of its links).
     """
     if algorithm not in MODELLED:
         raise ValueError(f"predict: unknown algorithm {algorithm!r}; allowed values: {list(MODELLED)}")
     if directions not in (1, 2):
         raise ValueError(f"directions: must be 1 or 2, got {directions}")
+    name = algorithm
     (nx, ny), s = net.shape, float(nbytes)
+    if algorithm == "torus2d_bidir_links":
+        algorithm, directions = "torus2d_bidir", 2
+    algorithm = {"torus2d_links": "torus2d"}.get(algorithm, algorithm)
     if algorithm in ("ring", "xla"):
         # The snake ring uses X and Y hops: the slowest link kind sets the pace of every step.
         used = [lk for lk, k in ((net.x, nx), (net.y, ny)) if k > 1] or [net.x]
@@ -162,7 +171,7 @@ def predict(net: Network, algorithm: str, nbytes: float, *, directions: int = 1)
         p2 = _concurrent(_phase(nx, h / ny, net.x, directions), _phase(ny, h / nx, net.y, directions))
         parts = _chain(p1, p2, p2, p1)
     steps, lat, bw = parts
-    return Estimate(algorithm, s, int(steps), lat, bw)
+    return Estimate(name, s, int(steps), lat, bw)
 
 
 def fit(shape: tuple[int, int], algorithm: str, nbytes, times_s) -> dict:

@@ -3,7 +3,8 @@
 Modules: ``tfrecords`` (ImageNet TFRecord schema), ``bundled`` (digits/photos generated on first use),
 ``preprocess`` (decode/crop/resize ops), ``pipeline`` (``train_dataset``/``eval_dataset`` with a switch per
 optimization), ``prefetch`` (``DevicePrefetcher``, ``normalize``), ``synthetic`` (device-made batches),
-``convert`` (``labkit data convert``), ``bench`` (``labkit bench input``), ``fixed`` (an in-memory batch).
+``convert`` (``labkit data convert``), ``fixed`` (an in-memory batch); ``labkit bench input`` is
+``labkit.bench.input``.
 Importing this package is cheap: names load their module (and TensorFlow) on first use.
 Must not: touch models or training state.
 """

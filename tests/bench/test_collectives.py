@@ -1,8 +1,8 @@
-"""labkit.collectives.bench: ``labkit bench collectives`` writes its JSON and telemetry events (tiny sizes)."""
+"""labkit.bench.collectives: ``labkit bench collectives`` writes its JSON and telemetry events (tiny sizes)."""
 import json
 
 from labkit import cli, telemetry
-from labkit.collectives import bench
+from labkit.bench import collectives as bench
 
 
 def test_bench_collectives_cli_writes_json_and_telemetry(tmp_path, capsys):
@@ -52,6 +52,6 @@ def test_sweep_sizes_include_resnet50_and_are_pre_padded():
 
 
 def test_resnet50_leaf_sizes_are_the_published_parameter_count():
-    from labkit.collectives.bench import resnet50_leaf_sizes
+    from labkit.bench.collectives import resnet50_leaf_sizes
     sizes = resnet50_leaf_sizes()
     assert len(sizes) == 161 and sum(sizes) == 25_557_032

@@ -1,8 +1,9 @@
-"""labkit.data.bench: the ladder command runs end to end and prints every rung and the ceiling."""
+"""labkit.bench.input: the ladder command runs end to end and prints every rung and the ceiling."""
 import argparse
 import json
 
-from labkit.data import bench, pipeline
+from labkit.bench import input as bench
+from labkit.data import pipeline
 
 
 def test_bench_input_prints_the_ladder(tiny, tmp_path, capsys):
