@@ -12,7 +12,7 @@ import sys
 
 __all__ = ["main"]
 
-_DESCRIPTION = ("labkit runs and teaches the three systems ideas of 'Image Classification at Supercomputer "
+_DESCRIPTION = ("Train, measure and watch the three systems ideas of 'Image Classification at Supercomputer "
                 "Scale' (distributed batch norm, an optimized input pipeline, 2-D torus all-reduce) on a TPU, "
                 "a GPU, or 8 simulated CPU devices.")
 

@@ -9,34 +9,50 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import statistics
 import time
 
-__all__ = ["Env", "setup", "bn_exactness", "bn_group_sweep", "feed_demo"]
+__all__ = ["Env", "setup", "bn_exactness", "bn_group_sweep", "bn_collectives", "feed_demo", "input_ladder",
+           "torus_phases", "resnet50_bn_layers", "pod_projection"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Env:
-    backend: str          # 'tpu' | 'gpu' | 'cpu'
-    devices: int
+    """Where this kernel runs and where each kind of work goes (``plan``; see ``labkit.mesh.DevicePlan``).
+
+    Put ``compute_label`` next to numbers from single-device work (a one-replica step, the input pipeline
+    feeding a device, profiles) and ``mesh_label`` next to numbers from the mesh lessons (grouped BN,
+    all-reduce algorithms, multi-replica training). ``simulated``: the mesh lessons run on simulated CPU
+    devices, so their timings are simulation.
+    """
+    backend: str          # default backend: 'tpu' | 'gpu' | 'cpu'
+    devices: int          # devices of the default backend
     device_kind: str
     processes: int
     in_colab: bool
-    simulated: bool       # CPU devices simulated by XLA: timings are simulation
+    simulated: bool       # the mesh devices are simulated CPU devices: their timings are simulation
+    plan: str = "cpu"     # 'cpu' | 'one-accelerator' | 'accelerators'
+    compute_devices: tuple = ()
+    mesh_devices: tuple = ()
+    compute_label: str = ""
+    mesh_label: str = ""
+    line: str = ""        # the one line setup() printed
 
     def __str__(self) -> str:
         where = "Colab" if self.in_colab else "this machine"
-        sim = " (simulated CPU devices: timings are simulation, not hardware)" if self.simulated else ""
-        return f"{where}: {self.devices} {self.backend} devices ({self.device_kind}), {self.processes} process(es){sim}"
+        return (f"{where}: {self.devices} {self.backend} devices ({self.device_kind}), {self.processes} "
+                f"process(es); single-device work: {self.compute_label}; mesh lessons: {self.mesh_label}")
 
 
 def setup(cpu_devices: int | None = None) -> Env:
-    """Detect the backend; on CPU simulate ``cpu_devices`` (default 8, env ``LABKIT_CPU_DEVICES``) devices.
+    """Detect the backend, decide the device plan, print it in one line, and return it as an ``Env``.
 
+    CPU only: everything on ``cpu_devices`` (default 8, env ``LABKIT_CPU_DEVICES``) simulated devices. One
+    accelerator: single-device work on it, mesh lessons on that many simulated CPU devices beside it. Two or
+    more: everything on them. ``LABKIT_COMPUTE_DEVICES=1`` rehearses the one-accelerator plan on any machine.
     Call it first in a notebook, before any JAX computation. Safe to call again (a re-run cell).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from labkit.mesh import initialize_multihost, simulate_devices
+    from labkit.mesh import device_plan, initialize_multihost, simulate_devices
     simulate_devices(cpu_devices or int(os.environ.get("LABKIT_CPU_DEVICES", 8)))
     initialize_multihost()
     import jax
@@ -45,9 +61,13 @@ def setup(cpu_devices: int | None = None) -> Env:
         in_colab = True
     except ImportError:
         in_colab = False
-    backend = jax.default_backend()
-    return Env(backend=backend, devices=jax.device_count(), device_kind=jax.devices()[0].device_kind,
-               processes=jax.process_count(), in_colab=in_colab, simulated=backend == "cpu")
+    plan = device_plan()
+    line = ("Colab " if in_colab else "") + plan.line()
+    print(line)
+    return Env(backend=jax.default_backend(), devices=jax.device_count(), device_kind=jax.devices()[0].device_kind,
+               processes=jax.process_count(), in_colab=in_colab, simulated=plan.mesh_simulated, plan=plan.case,
+               compute_devices=plan.compute, mesh_devices=plan.mesh, compute_label=plan.compute_label,
+               mesh_label=plan.mesh_label, line=line)
 
 
 def bn_exactness(topo, *, per_replica: int = 4, channels: int = 5, seed: int = 0) -> dict:
@@ -84,31 +104,75 @@ def bn_exactness(topo, *, per_replica: int = 4, channels: int = 5, seed: int = 0
     return {"groups": topo.bn_groups(), "max_output_diff": out_diff, "max_running_mean_diff": mean_diff}
 
 
-def bn_group_sweep(groups=(1, 2, 4, 8), *, steps: int = 12, stream=None, shape=None) -> list[dict]:
-    """Train the demo model a few steps for each BN group size; returns the BN noise each one saw.
+def bn_group_sweep(groups=(1, 2, 4, 8), per_replica=(2, 4, 8, 16), *, trials: int = 24, channels: int = 8,
+                   shape=None, seed: int = 0) -> list[dict]:
+    """Measure BN-statistics noise for each BN group size and per-replica batch; returns one row per pair.
 
-    Noise = how much the mean each replica normalizes with varies between replicas: per layer and step, the RMS
-    over replicas of (group mean - its average over all replicas), in units of the batch standard deviation,
-    averaged over layers and the last half of the steps. One group spanning every replica gives exactly 0.
-    Every step's ``bn_stats`` go to ``stream`` (or ``telemetry.current()``), each run tagged by a ``run`` event.
+    The input of a BN layer: real digits through a fixed random 3x3 conv (``channels`` outputs). For each of
+    ``trials`` fresh global batches (``replicas x n`` images drawn without replacement), grouped BN runs on the
+    mesh and reports, per replica and channel, the mean it normalized with; the noise is the RMS over trials,
+    replicas and channels of (that mean - the whole global batch's mean) / the global batch's std, computed in
+    float64 on the host. Prediction for images drawn at random: ``c * sqrt(1/(g n) - 1/(R n))`` =
+    ``c * sqrt(1 - g/R) / sqrt(BN batch)``, with ``c^2`` = the between-image variance of per-image channel means
+    over the pixel variance, from the whole data set. Row keys: ``bn_group``, ``per_replica``, ``bn_batch``,
+    ``global_batch``, ``replicas``, ``noise``, ``predicted``.
     """
     import numpy as np
-    from labkit import telemetry
+    from labkit.data import digits_batch
     from labkit.mesh import Topology
-    from labkit.train.demo import run_demo
-    stream = stream or telemetry.current()
+    images, _ = digits_batch(1797, 8)  # every image of the data set
+    feats = _random_conv(images, channels, seed)
+    per_image = feats.mean((1, 2), dtype=np.float64)
+    c2 = float(np.mean(per_image.var(0) / feats.reshape(-1, channels).astype(np.float64).var(0)))
+    rng = np.random.default_rng(seed)
     rows = []
     for g in groups:
         topo = Topology.build(shape=shape, bn_group=g)
-        cursor = stream.since(2**62)[1]  # the stream's current position
-        summary = run_demo(topo, steps=steps, bn_stats_every=1, batch_size=64, stream=stream, log=None)
-        events = [e for e in stream.since(cursor)[0] if e["kind"] == "bn_stats" and e["step"] >= steps // 2]
-        noise = statistics.fmean(
-            float(np.sqrt(np.mean((np.asarray(e["group_mean"]) - np.mean(e["group_mean"])) ** 2)
-                          / (np.mean(e["group_var"]) + 1e-5))) for e in events)
-        rows.append({"bn_group": g, "bn_batch": g * 64 // topo.num_replicas, "noise": noise,
-                     "final_loss": summary["last_loss"]})
+        means = _group_means_fn(topo)
+        r = topo.num_replicas
+        for n in per_replica:
+            sq = []
+            for _ in range(trials):
+                x = feats[rng.choice(len(feats), r * n, replace=False)]
+                group_mean = np.asarray(means(topo.shard_batch(x)), np.float64)  # [replicas, channels]
+                x64 = x.astype(np.float64)
+                mu, sd = x64.mean((0, 1, 2)), x64.std((0, 1, 2))
+                sq.append(float(np.mean(((group_mean - mu) / sd) ** 2)))
+            rows.append({"bn_group": g, "per_replica": n, "bn_batch": g * n, "global_batch": r * n,
+                         "replicas": r, "noise": float(np.sqrt(np.mean(sq))),
+                         "predicted": float(np.sqrt(c2 * max(0.0, 1 / (g * n) - 1 / (r * n))))})
     return rows
+
+
+def _random_conv(images, channels: int, seed: int):
+    """A fixed random 3x3 'same' conv (3 -> ``channels``): the input of a first BN layer, in numpy."""
+    import numpy as np
+    w = np.random.default_rng(seed + 1).normal(0, 1 / 3, (3, 3, images.shape[-1], channels)).astype(np.float32)
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    h, wd = images.shape[1:3]
+    out = np.zeros(images.shape[:3] + (channels,), np.float32)
+    for i in range(3):
+        for j in range(3):
+            out += padded[:, i:i + h, j:j + wd] @ w[i, j]
+    return out
+
+
+def _group_means_fn(topo):
+    """jit(shard_map): each replica's batch in, the per-channel mean its BN group normalized with out."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+    from labkit.bn import DistributedBatchNorm
+    bn = DistributedBatchNorm(use_running_average=False, momentum=0.0, axis_name=topo.bn_axes)
+
+    def body(xr):  # momentum 0: the new running mean IS the group mean used to normalize
+        _, new = bn.apply({"batch_stats": {"mean": jax.numpy.zeros(xr.shape[-1]),
+                                           "var": jax.numpy.ones(xr.shape[-1])},
+                           "params": {"scale": jax.numpy.ones(xr.shape[-1]),
+                                      "bias": jax.numpy.zeros(xr.shape[-1])}}, xr, mutable=["batch_stats"])
+        return new["batch_stats"]["mean"][None]
+
+    axes = topo.replica_axes
+    return jax.jit(jax.shard_map(body, mesh=topo.mesh, in_specs=P(axes), out_specs=P(axes)))
 
 
 def feed_demo(compute_s: float, *, steps: int = 30, stream=None, batch_size: int = 64, data: str = "photos",
@@ -120,7 +184,7 @@ def feed_demo(compute_s: float, *, steps: int = 30, stream=None, batch_size: int
     """
     from labkit.data import DevicePrefetcher, train_dataset
     from labkit.mesh import Topology
-    topo = Topology.build()
+    topo = Topology.build(devices="compute")  # the input pipeline feeds the real device(s) of the plan
     ds = train_dataset(data, batch_size, image_size=image_size)
     with DevicePrefetcher(ds, topo, size=4, stream=stream) as batches:
         t0 = time.perf_counter()
@@ -132,3 +196,146 @@ def feed_demo(compute_s: float, *, steps: int = 30, stream=None, batch_size: int
     return {"compute_s": compute_s, "images_per_s": summary["images"] / elapsed,
             "input_bound_fraction": summary["input_bound_steps"] / max(1, summary["steps"]),
             "input_wait_s": summary["input_wait_s"]}
+
+
+def bn_collectives(topo, *, channels: int = 16, per_replica: int = 4) -> dict:
+    """The collectives of ONE grouped BN layer on ``topo``, read from traced programs (jaxprs, nothing runs).
+
+    ``forward``: the layer applied; ``backward``: what the gradient with respect to its input adds (the
+    gradient of the parameters is left out: that is the separate gradient all-reduce). Lists of
+    ``labkit.traced.collectives`` entries.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import PartitionSpec as P
+    from labkit import traced
+    from labkit.bn import DistributedBatchNorm
+    bn = DistributedBatchNorm(use_running_average=False, axis_name=topo.bn_axes)
+    x = np.zeros((topo.num_replicas * per_replica, 4, 4, channels), np.float32)
+    variables = bn.init(jax.random.key(0), x[:1])
+
+    def forward(xr):
+        return bn.apply(variables, xr, mutable=["batch_stats"])[0]
+
+    def grad(xr):
+        return jax.grad(lambda v: jnp.sum(jnp.square(forward(v))))(xr)
+
+    axes = topo.replica_axes
+    on_mesh = lambda f: jax.shard_map(f, mesh=topo.mesh, in_specs=P(axes), out_specs=P(axes))  # noqa: E731
+    fwd = traced.collectives(on_mesh(forward), x)
+    both = traced.collectives(on_mesh(grad), x)
+    if [c["primitive"] for c in both[:len(fwd)]] != [c["primitive"] for c in fwd]:
+        raise RuntimeError("bn_collectives: the traced gradient does not start with the forward pass")
+    return {"forward": fwd, "backward": both[len(fwd):], "bn_axes": topo.bn_axes, "bn_group": topo.bn_group}
+
+
+def torus_phases(topo=None) -> list[dict]:
+    """Run the three phases of the 2-D all-reduce on the mesh and report what each replica holds after each.
+
+    Replica r contributes ``(k << R) + 2**r`` (R = replicas) to element k of a buffer of X elements (chunk k = element
+    k), so every value read back names its chunk and the exact set of replicas summed into it. Phases:
+    reduce-scatter along X, all-reduce along Y, all-gather along X (``collectives`` ``torus2d``). Returns
+    ``[{"phase": str, "held": [[(chunk, replicas summed), ...] per replica]}]``, the start included.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax import lax
+    from jax.sharding import PartitionSpec as P
+    from labkit.mesh import Topology
+    topo = topo or Topology.build()
+    (nx, ny), n = topo.shape, topo.num_replicas
+    if n > 16:
+        raise ValueError(f"torus_phases: at most 16 replicas fit the int32 encoding, got {n}")
+    ax, ay, axes = topo.torus_axes.x, topo.torus_axes.y, topo.replica_axes
+
+    def body(_):
+        r = lax.axis_index(axes)
+        buf = (jnp.arange(nx, dtype=jnp.int32) << n) + (jnp.int32(1) << r)
+        p1 = lax.psum_scatter(buf, ax, scatter_dimension=0, tiled=True)   # reduce-scatter along X
+        p2 = lax.psum(p1, ay)                                              # all-reduce along Y
+        p3 = lax.all_gather(p2, ax, axis=0, tiled=True)                    # all-gather along X
+        return tuple(p[None] for p in (buf, p1, p2, p3))
+
+    out = jax.jit(jax.shard_map(body, mesh=topo.mesh, in_specs=P(axes), out_specs=(P(axes),) * 4,
+                                check_vma=False))(topo.shard_batch(np.zeros((n, 1), np.int32)))
+    names = ["start: every replica holds its own buffer, chunks c0..c%d" % (nx - 1),
+             "1 reduce-scatter along X (psum_scatter)", "2 all-reduce along Y (psum)",
+             "3 all-gather along X (all_gather)"]
+    phases = []
+    for name, arr in zip(names, out):
+        held = []
+        for row in np.asarray(arr).astype(np.int64):
+            entries = []
+            for v in row:
+                mask = int(v) & ((1 << n) - 1)
+                count = bin(mask).count("1")
+                entries.append((int(v) >> n) // count if name.startswith("start") else ((int(v) >> n) // count, count))
+            held.append([(e, 1) if isinstance(e, int) else e for e in entries])
+        phases.append({"phase": name, "held": held})
+    return phases
+
+
+def input_ladder(data: str = "photos", *, rounds: int = 3, seconds: float = 1.0, batch_size: int = 32,
+                 log=None) -> dict:
+    """The input ladder measured ``rounds`` times (every rung once per round, so drift hits all rungs alike).
+
+    Returns ``labkit.bench.input.measure_ladder``'s form with each rung's median ``img_s`` and its
+    ``img_s_min``/``img_s_max`` over rounds, and every ceiling measurement (two per round).
+    """
+    import statistics
+    from labkit.bench.input import measure_ladder
+    runs = [measure_ladder(data, batch_size=batch_size, seconds=seconds, log=log or (lambda *a, **k: None))
+            for _ in range(rounds)]
+    rungs = []
+    for i, rung in enumerate(runs[0]["rungs"]):
+        rates = [run["rungs"][i]["img_s"] for run in runs]
+        rungs.append({"name": rung["name"], "img_s": statistics.median(rates), "img_s_min": min(rates),
+                      "img_s_max": max(rates), "rounds": rates})
+    return {"rungs": rungs, "ceiling": [c for run in runs for c in run["ceiling"]], "rounds": rounds,
+            "seconds": seconds, "cores": os.cpu_count()}
+
+
+def resnet50_bn_layers() -> list[int]:
+    """The channel count of every BN layer of labkit's ResNet-50 (from shapes alone: nothing is computed)."""
+    import jax
+    import numpy as np
+    from labkit.models import create_model
+    model = create_model("resnet50", num_classes=1000)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 224, 224, 3), np.float32),
+                                               train=False))
+    from flax.traverse_util import flatten_dict
+    flat = flatten_dict(shapes["batch_stats"])
+    return [int(v.shape[-1]) for k, v in sorted(flat.items()) if k[-1] == "mean"]
+
+
+def pod_projection(*, chip_images_per_s: float, epochs: float, bn_group: int = 8,
+                   bn_channels: list[int] | None = None, bn_collectives_per_layer: tuple = ((2, 1), (1, 2)),
+                   input_s: float = 0.0, directions: int = 2, bytes_per_param: int = 4,
+                   global_batch: int = 32768, algorithms=("ring", "torus2d", "torus2d_bidir")) -> list[dict]:
+    """``costmodel.project_resnet50`` plus the two terms it leaves out: BN collectives and input wait.
+
+    BN: every BN layer (``bn_channels``, default ``resnet50_bn_layers()``) does, per step, the collectives in
+    ``bn_collectives_per_layer`` = ((floats per channel, how many), ...) = forward one psum of (sum, sum of
+    squares), backward two psums of one vector each (``bn_collectives`` reads these from the traced program),
+    each a ring over the ``bn_group`` neighbouring chips (pod link latency and bandwidth, fp32). ``input_s``:
+    input wait per step (0 = the pipeline keeps up). Each row adds ``bn_s``, ``input_s`` and recomputes
+    ``step_s``, ``images_per_s``, ``minutes_to_train`` and ``comm_fraction`` (all-reduce + BN over step).
+    """
+    from labkit.collectives import costmodel
+    pod = costmodel.network("tpu-v3-pod")
+    ring = costmodel.Network("bn-group", (1, bn_group), pod.y, pod.y)
+    channels = resnet50_bn_layers() if bn_channels is None else bn_channels
+    bn_s = sum(count * costmodel.predict(ring, "ring", 4 * floats * c, directions=directions).time_s
+               for c in channels for floats, count in bn_collectives_per_layer)
+    rows = costmodel.project_resnet50(pod, algorithms, bytes_per_param=bytes_per_param, directions=directions,
+                                      chip_images_per_s=chip_images_per_s, global_batch=global_batch,
+                                      epochs=epochs)
+    for row in rows:
+        row["bn_s"], row["input_s"], row["bn_layers"] = bn_s, input_s, len(channels)
+        row["step_s"] = row["compute_s"] + row["allreduce_s"] + bn_s + input_s
+        row["images_per_s"] = global_batch / row["step_s"]
+        row["minutes_to_train"] = epochs * costmodel.IMAGENET_TRAIN / row["images_per_s"] / 60.0
+        row["comm_fraction"] = (row["allreduce_s"] + bn_s) / row["step_s"]
+    return rows

@@ -1,6 +1,8 @@
-"""mesh: devices, simulated CPU devices, the 2-D torus mesh, BN-group layout, multi-host init.
+"""mesh: the device plan, simulated CPU devices, the 2-D torus mesh, BN-group layout, multi-host init.
 
-Owns the mapping from physical devices to replicas and from replicas to BN groups. A BN group is a
+Owns where work runs (``device_plan``: single-device work on the compute devices, mesh lessons and multi-replica
+training on the mesh devices; one accelerator gets 8 simulated CPU devices beside it for the mesh lessons), the
+mapping from physical devices to replicas and from replicas to BN groups. A BN group is a
 contiguous tile of the torus, expressed as *mesh axes* (an axis split into outer/inner) so that every
 collective stays a plain ``shard_map`` axis collective (``axis_index_groups`` is not supported there).
 Must not: build models, run training, or compute anything on device beyond placing data.
@@ -16,7 +18,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-__all__ = ["simulate_devices", "initialize_multihost", "Topology", "allowed_bn_groups", "allowed_shapes"]
+__all__ = ["simulate_devices", "initialize_multihost", "DevicePlan", "device_plan", "plan_devices",
+           "describe_devices", "Topology", "allowed_bn_groups", "allowed_shapes"]
 
 
 def simulate_devices(n: int = 8) -> int:
@@ -31,13 +34,133 @@ def simulate_devices(n: int = 8) -> int:
     try:
         jax.config.update("jax_num_cpu_devices", n)
     except RuntimeError:
-        # The backend is already up: fine if it is an accelerator or already has n CPU devices.
-        if jax.default_backend() == "cpu" and jax.device_count() != n:
+        # The backend is already up: fine if it already has n CPU devices, or if the mesh lessons do not need
+        # the CPU devices (two or more accelerators).
+        cpu = _cpu_devices()
+        needs_cpu = jax.default_backend() == "cpu" or jax.device_count() == 1 or _compute_limit() == 1
+        if needs_cpu and len(cpu) != n:
             raise RuntimeError(
-                f"simulate_devices({n}): the JAX CPU backend already started with {jax.device_count()} "
-                "devices; call labkit.mesh.simulate_devices before any JAX computation "
+                f"simulate_devices({n}): the JAX CPU backend already started with {len(cpu)} "
+                "devices; call labkit.mesh.simulate_devices (or labkit.lab.setup) before any JAX computation "
                 "(restart the kernel in a notebook)") from None
     return n
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The device plan: where each kind of work runs.
+
+_CASES = ("cpu", "one-accelerator", "accelerators")
+
+
+@dataclasses.dataclass(frozen=True)
+class DevicePlan:
+    """Where each kind of work runs, and the labels that go next to the numbers it produces.
+
+    ``case``: ``"cpu"`` (CPU only: everything on the simulated CPU devices), ``"one-accelerator"`` (single-device
+    work on the accelerator, mesh lessons on simulated CPU devices beside it) or ``"accelerators"`` (everything
+    on two or more accelerator devices, laid out by physical coordinates where they have them).
+    ``compute``: the devices for real work (a one-replica topology takes the first).
+    ``mesh``: the devices for the mesh lessons (grouped BN, all-reduce algorithms, multi-replica training).
+    ``rehearsal``: ``LABKIT_COMPUTE_DEVICES`` limited the default backend (e.g. the one-chip plan on a CPU).
+    """
+    case: str
+    compute: tuple
+    mesh: tuple
+    rehearsal: bool = False
+
+    @property
+    def compute_label(self) -> str:
+        """e.g. ``"1 TPU v5 lite"`` or ``"8 simulated CPU devices (simulation)"``: put it next to compute numbers."""
+        return describe_devices(self.compute)
+
+    @property
+    def mesh_label(self) -> str:
+        """The label for numbers measured on the mesh devices."""
+        return describe_devices(self.mesh)
+
+    @property
+    def mesh_simulated(self) -> bool:
+        """The mesh lessons run on CPU devices: their timings are simulation."""
+        return self.mesh[0].platform == "cpu"
+
+    def line(self) -> str:
+        """The plan in one line (what ``lab.setup`` prints)."""
+        how = f" (rehearsal: LABKIT_COMPUTE_DEVICES={len(self.compute)})" if self.rehearsal else ""
+        if self.case == "cpu":
+            return (f"device plan: CPU only: single-device work and mesh lessons on {self.mesh_label}")
+        if self.case == "accelerators":
+            layout = ", laid out by physical coordinates" if hasattr(self.mesh[0], "coords") else ""
+            return (f"device plan: {len(self.compute)} accelerator devices{how}: single-device work and mesh "
+                    f"lessons on {self.mesh_label}{layout}")
+        lessons = (f"mesh lessons (grouped BN, all-reduce algorithms, {len(self.mesh)}-replica training) on "
+                   f"{self.mesh_label}")
+        if len(self.mesh) < 2:
+            lessons = (f"mesh lessons unavailable: only {self.mesh_label} beside it (start JAX through "
+                       "labkit.lab.setup so that 8 CPU devices are simulated)")
+        return f"device plan: one accelerator{how}: single-device work on {self.compute_label}; {lessons}"
+
+
+def describe_devices(devices) -> str:
+    """A short label for numbers measured on ``devices``: ``"8 simulated CPU devices (simulation)"``,
+    ``"1 CPU device (simulation)"``, ``"1 TPU v5 lite"``, ``"8 NVIDIA H100 80GB HBM3"``."""
+    devices = list(devices)
+    n = len(devices)
+    if not n:
+        return "no devices"
+    if devices[0].platform == "cpu":
+        return ("1 CPU device (simulation)" if n == 1 else f"{n} simulated CPU devices (simulation)")
+    kinds = sorted({d.device_kind for d in devices})
+    return f"{n} {' + '.join(kinds)}"
+
+
+def plan_devices(default_devices, cpu_devices, compute_limit: int | None = None) -> DevicePlan:
+    """The plan for these devices (pure: no JAX calls, so it is testable with stand-in device objects).
+
+    ``default_devices``: the default backend's devices (``jax.devices()``); ``cpu_devices``: the CPU backend's
+    (``jax.devices("cpu")``, empty if it is absent); ``compute_limit``: use only the first N default devices
+    as the accelerators (``LABKIT_COMPUTE_DEVICES``; rehearses the one-chip plan on a CPU).
+    """
+    default_devices, cpu_devices = tuple(default_devices), tuple(cpu_devices)
+    if not default_devices:
+        raise ValueError("device plan: JAX reports no devices")
+    rehearsal = False
+    if compute_limit is not None:
+        if not isinstance(compute_limit, int) or isinstance(compute_limit, bool) or compute_limit < 1:
+            raise ValueError(f"LABKIT_COMPUTE_DEVICES: expected a positive int, got {compute_limit!r}")
+        rehearsal = compute_limit < len(default_devices)
+        default_devices = default_devices[:compute_limit]
+    if default_devices[0].platform == "cpu" and not rehearsal:
+        return DevicePlan("cpu", default_devices, default_devices)
+    if len(default_devices) >= 2:
+        return DevicePlan("accelerators", default_devices, default_devices, rehearsal)
+    mesh = cpu_devices or default_devices  # no CPU backend (JAX_PLATFORMS without cpu): the one device
+    return DevicePlan("one-accelerator", default_devices, mesh, rehearsal)
+
+
+def device_plan() -> DevicePlan:
+    """The plan for this process (starts the JAX backend: call ``simulate_devices`` or ``lab.setup`` first)."""
+    return plan_devices(jax.devices(), _cpu_devices(), _compute_limit())
+
+
+def _compute_limit() -> int | None:
+    raw = os.environ.get("LABKIT_COMPUTE_DEVICES", "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise ValueError(f"LABKIT_COMPUTE_DEVICES: expected a positive int (e.g. 1 to rehearse the one-chip "
+                         f"plan), got {raw!r}")
+    return value
+
+
+def _cpu_devices() -> list:
+    try:
+        return jax.devices("cpu")
+    except RuntimeError:  # JAX_PLATFORMS excludes the CPU backend
+        return []
 
 
 def initialize_multihost(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -131,21 +254,27 @@ class Topology:
     torus_axes: TorusAxes
 
     @classmethod
-    def build(cls, shape=None, bn_group: int = 1, devices: Sequence[jax.Device] | None = None) -> "Topology":
-        """Lay ``devices`` (default: all devices) out as an (X, Y) torus with BN groups of ``bn_group``.
+    def build(cls, shape=None, bn_group: int = 1, devices: Sequence[jax.Device] | str | None = None) -> "Topology":
+        """Lay ``devices`` out as an (X, Y) torus with BN groups of ``bn_group``.
 
+        ``devices`` defaults to the device plan (``device_plan()``): its mesh devices, except that a one-replica
+        ``shape`` (``"1x1"``) is single-device work and takes the first compute device (the accelerator).
+        ``"mesh"`` / ``"compute"`` pick the plan's mesh or compute devices; a sequence is used as given.
         ``shape`` defaults to the most square factorization (8 -> 2x4); strings like ``"2x4"`` are accepted.
-        On TPU, physical chip coordinates decide the layout so torus neighbours are physical neighbours.
+        Devices with physical coordinates (TPU) are laid out by them, so torus neighbours are wired neighbours.
         """
-        devices = list(jax.devices() if devices is None else devices)
+        shape = _parse_shape(shape)
+        devices = _pick_devices(devices, shape)
         n = len(devices)
-        shape = _parse_shape(shape) or _most_square(n)
+        shape = shape or _most_square(n)
         if shape[0] * shape[1] != n:
             raise ValueError(f"shape: {shape[0]}x{shape[1]} needs {shape[0] * shape[1]} devices but there are "
                              f"{n}; allowed shapes: {', '.join(f'{a}x{b}' for a, b in allowed_shapes(n))}")
         allowed = allowed_bn_groups(shape)
         if not isinstance(bn_group, (int, np.integer)) or isinstance(bn_group, bool) or bn_group not in allowed:
-            raise ValueError(f"bn_group: {bn_group!r} does not tile a {shape[0]}x{shape[1]} torus; "
+            hint = (" (one device: labkit simulates 8 CPU devices for the mesh lessons when JAX is started "
+                    "by labkit.lab.setup)") if n == 1 else ""
+            raise ValueError(f"bn_group: {bn_group!r} does not tile a {shape[0]}x{shape[1]} torus{hint}; "
                              f"allowed values: {allowed}")
         bn_group = int(bn_group)
         grid = _device_grid(devices, shape)
@@ -163,6 +292,16 @@ class Topology:
             bn_axes, torus = ("xi", "y"), TorusAxes(("xo", "xi"), ("y",))
         mesh = Mesh(grid.reshape(dims), names)
         return cls(mesh=mesh, shape=shape, bn_group=bn_group, bn_axes=bn_axes, torus_axes=torus)
+
+    @property
+    def label(self) -> str:
+        """What produced numbers measured on this topology, e.g. ``"8 simulated CPU devices (simulation)"``."""
+        return describe_devices(self.mesh.devices.flat)
+
+    @property
+    def simulated(self) -> bool:
+        """The replicas are CPU devices: timings are simulation, not hardware."""
+        return self.mesh.devices.flat[0].platform == "cpu"
 
     @property
     def num_replicas(self) -> int:
@@ -242,10 +381,26 @@ def _group_label(i: int) -> str:
     return letters[i] if i < 26 else f"G{i}"
 
 
+def _pick_devices(devices, shape) -> list:
+    if devices is not None and not isinstance(devices, str):
+        return list(devices)
+    if devices not in (None, "mesh", "compute"):
+        raise ValueError(f"devices: {devices!r} is not a device list or a plan role; allowed values: "
+                         "'mesh', 'compute', None (the plan's default), or a sequence of devices")
+    plan = device_plan()
+    if devices == "compute" or (devices is None and shape is not None and shape[0] * shape[1] == 1):
+        return list(plan.compute[:1] if devices is None else plan.compute)
+    return list(plan.mesh)
+
+
 def _device_grid(devices: list, shape: tuple[int, int]) -> np.ndarray:
-    """Devices as an (X, Y) array; on TPU follow physical coordinates so torus neighbours are wired."""
-    if devices[0].platform == "tpu" and len(devices) > 1:
-        try:
+    """Devices as an (X, Y) array; devices with physical coordinates (TPU) follow them so torus neighbours
+    are wired neighbours."""
+    if len(devices) > 1 and all(hasattr(d, "coords") for d in devices):
+        grid = _grid_by_coords(devices, shape)
+        if grid is not None:
+            return grid
+        try:  # a 3-D slice (v4, v5p) or a shape that is not the chip grid: JAX's own physical layout
             from jax.experimental import mesh_utils
             return np.asarray(mesh_utils.create_device_mesh(shape, devices))
         except (ValueError, NotImplementedError, AssertionError):
@@ -253,3 +408,24 @@ def _device_grid(devices: list, shape: tuple[int, int]) -> np.ndarray:
     # Multi-process: keep each process's devices contiguous (rows), so host-local batches stay local.
     ordered = sorted(devices, key=lambda d: (d.process_index, d.id))
     return np.asarray(ordered, dtype=object).reshape(shape)
+
+
+def _grid_by_coords(devices: list, shape: tuple[int, int]) -> np.ndarray | None:
+    """Place a flat (one z plane) slice whose chip grid is ``shape`` (or its transpose) at its coordinates.
+
+    The cores of one chip (TPU v2/v3) sit next to each other along Y. None when the slice is not such a grid.
+    """
+    coords = [tuple(d.coords) for d in devices]
+    if len({c[2:] for c in coords}) != 1:
+        return None
+    cores = max(getattr(d, "core_on_chip", 0) for d in devices) + 1
+    xs, ys = sorted({c[0] for c in coords}), sorted({c[1] for c in coords})
+    phys = (len(xs), len(ys) * cores)
+    if phys[0] * phys[1] != len(devices) or shape not in (phys, phys[::-1]):
+        return None
+    grid = np.empty(phys, dtype=object)
+    for d, c in zip(devices, coords):
+        grid[xs.index(c[0]), ys.index(c[1]) * cores + getattr(d, "core_on_chip", 0)] = d
+    if any(g is None for g in grid.flat):
+        return None
+    return grid if phys == shape else grid.T

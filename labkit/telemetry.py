@@ -24,7 +24,7 @@ __all__ = ["KINDS", "register_kind", "EventStream", "emit", "current", "use", "o
 # tolerate missing ones.
 KINDS: dict[str, str] = {
     "run": "a run starts or ends. phase='start': config fields, replicas, torus [X, Y], bn_group, backend, "
-           "simulated (bool). phase='end': summary fields (e.g. top1, time_to_accuracy_s, images_per_s)",
+           "simulated (bool), devices (label). phase='end': summary fields (e.g. top1, time_to_accuracy_s, images_per_s)",
     "step": "one training step: loss, accuracy, lr, images_per_s, step_time_s, input_wait_s, "
             "compile (bool: includes compilation)",
     "eval": "an evaluation: top1, top5, count (images evaluated), eval_time_s",

@@ -6,7 +6,7 @@ import pytest
 from tests.conftest import GROUPS, SHAPES
 from jax.sharding import PartitionSpec as P
 
-from labkit.mesh import Topology, allowed_bn_groups, simulate_devices
+from labkit.mesh import Topology, _device_grid, allowed_bn_groups, device_plan, plan_devices, simulate_devices
 
 
 def _expected_groups(shape, g):
@@ -117,3 +117,113 @@ def test_simulate_devices_after_start():
     assert simulate_devices(8) == 8  # already 8: fine
     with pytest.raises(RuntimeError, match="already started with 8 devices"):
         simulate_devices(4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The device plan. Stand-in devices carry only what the plan and the layout read.
+
+class _Dev:
+    def __init__(self, id, platform="tpu", kind="TPU v5 lite", coords=None, process_index=0):
+        self.id, self.platform, self.device_kind, self.process_index = id, platform, kind, process_index
+        if coords is not None:
+            self.coords, self.core_on_chip = coords, 0
+
+    def __repr__(self):
+        return f"_Dev({self.id}, {self.platform})"
+
+
+_CPUS = tuple(_Dev(i, "cpu", "cpu") for i in range(8))
+
+
+def test_plan_cpu_only():
+    plan = plan_devices(_CPUS, _CPUS)
+    assert (plan.case, plan.compute, plan.mesh, plan.rehearsal) == ("cpu", _CPUS, _CPUS, False)
+    assert plan.mesh_simulated
+    assert plan.line() == ("device plan: CPU only: single-device work and mesh lessons on 8 simulated CPU "
+                           "devices (simulation)")
+
+
+def test_plan_one_accelerator_puts_the_mesh_lessons_on_cpu_devices():
+    tpu = (_Dev(0),)
+    plan = plan_devices(tpu, _CPUS)
+    assert (plan.case, plan.compute, plan.mesh, plan.rehearsal) == ("one-accelerator", tpu, _CPUS, False)
+    assert plan.compute_label == "1 TPU v5 lite" and plan.mesh_label == "8 simulated CPU devices (simulation)"
+    assert plan.line() == ("device plan: one accelerator: single-device work on 1 TPU v5 lite; mesh lessons "
+                           "(grouped BN, all-reduce algorithms, 8-replica training) on 8 simulated CPU devices "
+                           "(simulation)")
+    gpu = (_Dev(0, "gpu", "NVIDIA H100 80GB HBM3"),)
+    assert plan_devices(gpu, _CPUS).compute_label == "1 NVIDIA H100 80GB HBM3"
+
+
+def test_plan_one_accelerator_without_a_cpu_backend_says_the_mesh_lessons_cannot_run():
+    gpu = (_Dev(0, "gpu", "Tesla T4"),)
+    plan = plan_devices(gpu, ())
+    assert plan.mesh == gpu and "mesh lessons unavailable" in plan.line()
+
+
+def test_plan_several_accelerators_run_everything_on_them():
+    tpus = tuple(_Dev(i, coords=(i % 4, i // 4, 0)) for i in range(8))
+    plan = plan_devices(tpus, _CPUS)
+    assert (plan.case, plan.compute, plan.mesh) == ("accelerators", tpus, tpus)
+    assert not plan.mesh_simulated
+    assert plan.line() == ("device plan: 8 accelerator devices: single-device work and mesh lessons on 8 TPU "
+                           "v5 lite, laid out by physical coordinates")
+
+
+def test_plan_compute_limit_rehearses_one_chip_on_cpu():
+    plan = plan_devices(_CPUS, _CPUS, compute_limit=1)
+    assert (plan.case, plan.compute, plan.mesh, plan.rehearsal) == ("one-accelerator", _CPUS[:1], _CPUS, True)
+    assert plan.line().startswith("device plan: one accelerator (rehearsal: LABKIT_COMPUTE_DEVICES=1): "
+                                  "single-device work on 1 CPU device (simulation); mesh lessons")
+    tpus = tuple(_Dev(i) for i in range(4))
+    assert plan_devices(tpus, _CPUS, compute_limit=1).compute == tpus[:1]
+    with pytest.raises(ValueError, match="LABKIT_COMPUTE_DEVICES: expected a positive int, got 0"):
+        plan_devices(_CPUS, _CPUS, compute_limit=0)
+
+
+def test_layout_follows_physical_coordinates():
+    """Shuffled ids on a physical 4x2 chip grid: torus neighbours must be wired (Manhattan distance 1)."""
+    order = [5, 2, 7, 0, 3, 6, 1, 4]
+    devs = [_Dev(i, coords=(k % 4, k // 4, 0)) for i, k in enumerate(order)]
+    grid = _device_grid(devs, (2, 4))
+    assert sorted(d.id for d in grid.flat) == list(range(8))
+
+    def hop(a, b):
+        return sum(abs(p - q) for p, q in zip(a.coords, b.coords))
+
+    for i in range(2):
+        for j in range(4):
+            if j + 1 < 4:
+                assert hop(grid[i, j], grid[i, j + 1]) == 1
+            if i + 1 < 2:
+                assert hop(grid[i, j], grid[i + 1, j]) == 1
+    # id order (what devices without coordinates get) would break that: the test can fail
+    by_id = np.asarray(sorted(devs, key=lambda d: d.id), dtype=object).reshape(2, 4)
+    assert any(hop(by_id[0, j], by_id[0, j + 1]) != 1 for j in range(3))
+
+
+def test_topology_follows_the_plan(monkeypatch):
+    cpus = jax.devices()
+    monkeypatch.delenv("LABKIT_COMPUTE_DEVICES", raising=False)
+    assert device_plan().case == "cpu"
+    assert list(Topology.build(devices="compute").mesh.devices.flat) == cpus
+    monkeypatch.setenv("LABKIT_COMPUTE_DEVICES", "1")
+    plan = device_plan()
+    assert (plan.case, list(plan.compute), list(plan.mesh)) == ("one-accelerator", cpus[:1], cpus)
+    assert Topology.build(bn_group=2).num_replicas == 8          # mesh lessons: the 8 CPU devices
+    one = Topology.build(shape="1x1")                             # single-device work: the accelerator
+    assert list(one.mesh.devices.flat) == cpus[:1] and one.label == "1 CPU device (simulation)"
+    assert list(Topology.build(devices="compute").mesh.devices.flat) == cpus[:1]
+    monkeypatch.setenv("LABKIT_COMPUTE_DEVICES", "one")
+    with pytest.raises(ValueError, match="LABKIT_COMPUTE_DEVICES: expected a positive int .* got 'one'"):
+        device_plan()
+
+
+def test_topology_rejects_unknown_device_role():
+    with pytest.raises(ValueError, match=r"devices: 'gpu' is not .* allowed values: 'mesh', 'compute'"):
+        Topology.build(devices="gpu")
+
+
+def test_one_device_bn_group_error_explains_the_mesh_lessons():
+    with pytest.raises(ValueError, match=r"bn_group: 2 does not tile a 1x1 torus \(one device: .*allowed values: \[1\]"):
+        Topology.build(bn_group=2, devices=jax.devices()[:1])

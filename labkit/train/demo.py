@@ -45,10 +45,11 @@ def run_demo(topo: Topology, *, steps: int = 30, batch_size: int = 128, image_si
     images, labels = topo.shard_batch(images), topo.shard_batch(labels)
     plain_step = make_train_step(model, topo)
     capture_step = make_train_step(model, topo, capture_bn=True)
-    simulated = jax.default_backend() == "cpu"
+    simulated = topo.simulated
     stream.emit("run", phase="start", model=model_name, params=count_params(state.params),
                 replicas=topo.num_replicas, torus=list(topo.shape), bn_group=topo.bn_group,
-                global_batch=batch_size, backend=jax.default_backend(), simulated=simulated)
+                global_batch=batch_size, backend=topo.mesh.devices.flat[0].platform, simulated=simulated,
+                devices=topo.label)
     log(f"demo: {model_name} ({count_params(state.params):,} params), global batch {batch_size} = "
         f"{batch_size // topo.num_replicas}/replica, BN group {topo.bn_group} "
         f"(BN batch {topo.bn_group * batch_size // topo.num_replicas})")

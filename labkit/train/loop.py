@@ -106,12 +106,13 @@ class _Run:
             self.before = dict(self.meta)
             self.log(f"resumed from the checkpoint at step {self.meta['step']} in {self.workdir}")
         start = int(self.meta["step"])
-        simulated = jax.default_backend() == "cpu"
+        simulated = topo.simulated  # the devices that run the steps, not the default backend (one-chip plan)
         self.stream.emit("run", step=start, phase="start", config=cfg.to_dict(), model=cfg.model,
                          dataset=cfg.dataset, global_batch=cfg.global_batch, bn_group=cfg.bn_group,
                          allreduce=cfg.allreduce, replicas=topo.num_replicas,
-                         torus=list(topo.shape), backend=jax.default_backend(), simulated=simulated,
-                         device_kind=jax.devices()[0].device_kind, processes=jax.process_count(),
+                         torus=list(topo.shape), backend=topo.mesh.devices.flat[0].platform, simulated=simulated,
+                         device_kind=topo.mesh.devices.flat[0].device_kind, devices=topo.label,
+                         processes=jax.process_count(),
                          params=count_params(self.state.params), num_classes=self.info.num_classes,
                          train_images=self.info.train_images, steps_per_epoch=self.steps_per_epoch,
                          total_steps=self.total_steps, resumed_from=start, jax_version=jax.__version__)
@@ -240,15 +241,15 @@ class _Run:
         clock = self.before["train_time_s"] + self.train_time
         ips = images / clock if clock > 0 else float("nan")
         flops = step_flops(self._lowered_step()) if self.images else None
-        peak = peak_flops_per_device()
-        simulated = jax.default_backend() == "cpu"
+        peak = peak_flops_per_device(topo.mesh.devices.flat[0])
+        simulated = topo.simulated
         summary = {
             "stopped": reason, "steps": int(self.meta["step"]), "epochs": self.meta["step"] / self.steps_per_epoch,
             "top1": self.last_eval.get("top1"), "top5": self.last_eval.get("top5"),
             "best_top1": self.meta["best_top1"], "target_accuracy": cfg.target_accuracy or None,
             "time_to_accuracy_s": self.meta["time_to_accuracy_s"], "wall_time_s": self._wall(),
             "train_time_s": clock, "images_per_s": ips, "images_per_s_per_replica": ips / topo.num_replicas,
-            "images_per_s_per_device": ips / jax.device_count(),
+            "images_per_s_per_device": ips / topo.num_replicas, "devices": topo.label,
             "flops_per_step_per_device": flops,
             "mfu": (flops * ips / cfg.global_batch / peak) if flops and peak and images else None,
             "skipped_records": getattr(self.iterator, "skipped", 0),
