@@ -1,0 +1,221 @@
+"""figures: static matplotlib figures of the lab's results, stored as PNG in the notebooks' outputs.
+
+Owns one plotting function per result the notebooks show (the torus and its BN groups, BN noise against its
+1/sqrt(BN batch) prediction, the input ladder, the host-queue demo, the collective sweep with its fitted model,
+the 2-D torus all-reduce phases, a training run's curves, the pod projection). Each takes the plain numbers a
+labkit call returned (or telemetry events) and returns a ``Plot``, which Jupyter shows as a PNG, so GitHub,
+nbviewer and Colab's preview render it with no JavaScript.
+Must not: compute results, run JAX, or read training internals (only returned numbers and telemetry).
+Uses ``matplotlib.figure.Figure`` directly (no pyplot state: safe from threads and never shown twice).
+"""
+from __future__ import annotations
+
+import io
+from typing import Iterable, Sequence
+
+__all__ = ["Plot", "torus_groups", "bn_noise", "input_ladder", "feed_demo", "collective_sweep",
+           "torus_phases", "training_curves", "pod_projection"]
+
+_COLORS = ["#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb", "#000000"]
+
+
+class Plot:
+    """A finished figure: Jupyter displays it as a PNG (``_repr_png_``); ``save(path)`` writes PNG or SVG."""
+
+    def __init__(self, figure, title: str):
+        self.figure, self.title = figure, title
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.figure.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+        return buf.getvalue()
+
+    def __repr__(self) -> str:  # the text/plain form stored next to the image: stable for nbval
+        return f"<figure: {self.title}>"
+
+    def save(self, path) -> str:
+        self.figure.savefig(str(path), dpi=100, bbox_inches="tight")
+        return str(path)
+
+
+def _figure(ncols: int = 1, *, width: float = 6.4, height: float = 3.6):
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(1, ncols)
+    return fig, axes
+
+
+def torus_groups(topo) -> Plot:
+    """The (X, Y) torus: one square per replica, coloured by BN group, with replica ids and wrap-around links."""
+    x, y = topo.shape
+    group_of = {r: k for k, g in enumerate(topo.bn_groups()) for r in g}
+    fig, ax = _figure(width=1.1 * y + 1.5, height=1.1 * x + 0.9)
+    for r in range(x * y):
+        i, j = divmod(r, y)
+        ax.add_patch(_square(j, -i, _COLORS[group_of[r] % len(_COLORS)]))
+        ax.text(j, -i, f"{r}\n{chr(65 + group_of[r])}", ha="center", va="center", fontsize=10)
+    for i in range(x):  # row wrap-around
+        ax.annotate("", xy=(-0.45, -i), xytext=(y - 0.55, -i),
+                    arrowprops=dict(arrowstyle="-", color="grey", ls=":", connectionstyle="arc3,rad=0.25"))
+    ax.set_xlim(-0.8, y - 0.2), ax.set_ylim(-x + 0.2, 0.8), ax.set_aspect("equal"), ax.axis("off")
+    ax.set_title(f"{x}x{y} torus, BN group {topo.bn_group}: {topo.num_bn_groups} groups (letters)", fontsize=10)
+    return Plot(fig, f"{x}x{y} torus, BN groups of {topo.bn_group}")
+
+
+def _square(cx, cy, color, size=0.9):
+    from matplotlib.patches import FancyBboxPatch
+    return FancyBboxPatch((cx - size / 2, cy - size / 2), size, size, boxstyle="round,pad=0.02",
+                          facecolor=color, alpha=0.45, edgecolor="black")
+
+
+def bn_noise(rows: Sequence[dict]) -> Plot:
+    """Measured BN noise against BN batch (log-log), one colour per group size, with the prediction lines.
+
+    ``rows`` from ``lab.bn_noise``: ``bn_group``, ``bn_batch``, ``noise``, ``predicted``, ``replicas``.
+    A group spanning every replica has zero noise by definition (it *is* the global batch): listed, not drawn.
+    """
+    fig, ax = _figure(width=6.4, height=4.0)
+    groups = sorted({r["bn_group"] for r in rows})
+    for k, g in enumerate(groups):
+        mine = sorted((r for r in rows if r["bn_group"] == g and r["predicted"] > 0), key=lambda r: r["bn_batch"])
+        if not mine:
+            continue
+        color = _COLORS[k % len(_COLORS)]
+        b = [r["bn_batch"] for r in mine]
+        ax.plot(b, [r["noise"] for r in mine], "o", color=color, label=f"g={g} measured")
+        ax.plot(b, [r["predicted"] for r in mine], "-", color=color, alpha=0.7,
+                label=f"g={g}: c·sqrt(1-g/R)/sqrt(BN batch)")
+    ax.set_xscale("log", base=2), ax.set_yscale("log")
+    ax.set_xlabel("BN batch = g x images per replica")
+    ax.set_ylabel("RMS (group mean - global-batch mean) / std")
+    full = [r for r in rows if r["predicted"] == 0]
+    note = f"; g={full[0]['bn_group']} (all replicas): exactly 0" if full else ""
+    ax.set_title(f"BN noise per channel, fresh batches{note}", fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(True, which="both", alpha=0.3)
+    return Plot(fig, "BN noise vs BN batch")
+
+
+def input_ladder(results: dict, *, label: str = "") -> Plot:
+    """Images/s of each rung of the input ladder (bars with their spread over rounds) and the ceiling band."""
+    rungs = results["rungs"]
+    fig, ax = _figure(width=7.0, height=3.6)
+    names = [r["name"] for r in rungs]
+    rates = [r["img_s"] for r in rungs]
+    errs = [[r["img_s"] - r.get("img_s_min", r["img_s"]) for r in rungs],
+            [r.get("img_s_max", r["img_s"]) - r["img_s"] for r in rungs]]
+    ax.bar(range(len(rungs)), rates, color=_COLORS[0], yerr=errs, capsize=3)
+    lo, hi = min(results["ceiling"]), max(results["ceiling"])
+    ax.axhspan(lo, hi, color=_COLORS[1], alpha=0.25, label=f"ceiling: decode-crop-resize in memory ({lo:.0f}-{hi:.0f})")
+    ax.set_xticks(range(len(rungs)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("images/s")
+    ax.set_title(f"input ladder{(' · ' + label) if label else ''}", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    return Plot(fig, "input ladder")
+
+
+def feed_demo(results: Sequence[dict]) -> Plot:
+    """The host-queue demo: images/s and the fraction of input-bound steps for each pretend model speed."""
+    fig, (a, b) = _figure(2, width=7.0, height=3.0)
+    names = [f"{r['compute_s'] * 1e3:.0f} ms/step" for r in results]
+    a.bar(names, [r["images_per_s"] for r in results], color=_COLORS[0])
+    a.set_ylabel("images/s"), a.set_title("throughput", fontsize=10)
+    b.bar(names, [100 * r["input_bound_fraction"] for r in results], color=_COLORS[1])
+    b.set_ylabel("% of steps"), b.set_ylim(0, 100), b.set_title("input-bound steps (queue empty)", fontsize=10)
+    return Plot(fig, "input-bound vs compute-bound")
+
+
+def collective_sweep(results: Sequence[dict], fits: Sequence[dict] = (), *, label: str = "") -> Plot:
+    """Measured all-reduce time against bytes per replica (log-log), one colour per algorithm, fitted model
+    dashed; busbw on the right."""
+    fig, (a, b) = _figure(2, width=9.0, height=3.6)
+    algorithms = list(dict.fromkeys(r["algorithm"] for r in results))
+    for k, alg in enumerate(algorithms):
+        mine = sorted((r for r in results if r["algorithm"] == alg), key=lambda r: r["bytes"])
+        color = _COLORS[k % len(_COLORS)]
+        sizes = [r["bytes"] for r in mine]
+        a.plot(sizes, [r["time_s"] * 1e3 for r in mine], "o-", color=color, label=alg)
+        for f in fits:
+            if f["algorithm"] == alg:
+                a.plot(sizes, [t * 1e3 for t in f["predicted_s"]], "--", color=color, alpha=0.6)
+        if all("busbw" in r for r in mine):
+            b.plot(sizes, [r["busbw"] / 1e9 for r in mine], "o-", color=color, label=alg)
+    for ax in (a, b):
+        ax.set_xscale("log", base=2), ax.set_xlabel("bytes per replica"), ax.grid(True, which="both", alpha=0.3)
+    a.set_yscale("log"), a.set_ylabel("time (ms)"), a.legend(fontsize=8)
+    a.set_title(f"all-reduce time, fitted model dashed{(' · ' + label) if label else ''}", fontsize=9)
+    b.set_ylabel("busbw (GB/s)"), b.set_title("bus bandwidth (nccl-tests convention)", fontsize=9)
+    return Plot(fig, "collective sweep")
+
+
+def torus_phases(phases: Sequence[dict], shape: tuple[int, int]) -> Plot:
+    """One panel per phase of a 2-D all-reduce: for each replica, which chunk(s) it holds and how many
+    replicas' contributions are summed into them (``lab.torus_phases``)."""
+    x, y = shape
+    fig, axes = _figure(len(phases), width=2.9 * len(phases), height=1.0 * x + 1.6)
+    axes = list(axes) if len(phases) > 1 else [axes]
+    n = x * y
+    for ax, ph in zip(axes, phases):
+        for r, held in enumerate(ph["held"]):
+            i, j = divmod(r, y)
+            full = all(c == n for _chunk, c in held)
+            color = _COLORS[2] if full else _COLORS[0] if len(held) == 1 else _COLORS[6]
+            ax.add_patch(_square(j, -i, color))
+            text = _held_text(held, n)
+            ax.text(j, -i, f"r{r}\n{text}", ha="center", va="center", fontsize=7)
+        ax.set_xlim(-0.6, y - 0.4), ax.set_ylim(-x + 0.4, 0.6), ax.set_aspect("equal"), ax.axis("off")
+        ax.set_title(ph["phase"], fontsize=8)
+    fig.suptitle("2-D torus all-reduce: chunk(s) held / replicas summed in (rows = torus X, columns = Y)",
+                 fontsize=9)
+    return Plot(fig, "2-D torus all-reduce phases")
+
+
+def _held_text(held: Sequence[tuple[int, int]], n: int) -> str:
+    chunks = [c for c, _ in held]
+    counts = sorted({k for _, k in held})
+    if len(chunks) > 2 and chunks == list(range(chunks[0], chunks[0] + len(chunks))):
+        ids = f"c{chunks[0]}-c{chunks[-1]}"
+    else:
+        ids = ",".join(f"c{c}" for c in chunks)
+    return f"{ids}\n{'/'.join(map(str, counts))} of {n}"
+
+
+def training_curves(events: Iterable[dict], *, label: str = "") -> Plot:
+    """Loss per step and top-1 per evaluation from a run's telemetry events (``kind`` step / eval)."""
+    steps = [e for e in events if e.get("kind") in ("step", "eval")]
+    train = [e for e in steps if e["kind"] == "step" and e.get("loss") is not None]
+    evals = [e for e in steps if e["kind"] == "eval" and e.get("top1") is not None]
+    fig, (a, b) = _figure(2, width=9.0, height=3.2)
+    a.plot([e["step"] for e in train], [e["loss"] for e in train], color=_COLORS[0], lw=1)
+    a.set_xlabel("step"), a.set_ylabel("training loss"), a.set_yscale("log"), a.grid(True, alpha=0.3)
+    b.plot([e["step"] for e in evals], [e["top1"] for e in evals], "o-", color=_COLORS[2])
+    b.set_xlabel("step"), b.set_ylabel("top-1 (eval)"), b.grid(True, alpha=0.3)
+    b.set_title("evaluation", fontsize=10)
+    a.set_title(f"training{(' · ' + label) if label else ''}", fontsize=10)
+    return Plot(fig, "training curves")
+
+
+def pod_projection(rows: Sequence[dict], *, measured_step_s: float | None = None, title: str = "") -> Plot:
+    """Stacked bars of the projected step time per algorithm: compute, all-reduce, BN collectives, input.
+
+    ``rows``: dicts with ``algorithm`` and the seconds ``compute_s``, ``allreduce_s`` and optional
+    ``bn_s``/``input_s`` (``lab.pod_projection``). ``measured_step_s`` draws the measured step as a line.
+    """
+    fig, ax = _figure(width=7.0, height=0.55 * len(rows) + 1.6)
+    parts = [("compute_s", "compute"), ("allreduce_s", "gradient all-reduce"), ("bn_s", "BN collectives"),
+             ("input_s", "input wait")]
+    names = [f"{r['algorithm']} ({r.get('directions', 1)} dir)" for r in rows]
+    left = [0.0] * len(rows)
+    for k, (key, text) in enumerate(parts):
+        vals = [1e3 * r.get(key, 0.0) for r in rows]
+        if not any(vals):
+            continue
+        ax.barh(names, vals, left=left, color=_COLORS[k], label=text)
+        left = [a + v for a, v in zip(left, vals)]
+    if measured_step_s:
+        ax.axvline(measured_step_s * 1e3, color="black", ls="--", label="measured step (MLPerf v0.6)")
+    ax.set_xlabel("ms per step"), ax.invert_yaxis(), ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title or "projected step time on the pod", fontsize=10)
+    ax.set_xlim(0, max(left + [measured_step_s * 1e3 if measured_step_s else 0]) * 1.15 or 1)
+    return Plot(fig, "pod projection")
+
