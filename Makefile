@@ -11,7 +11,7 @@ PYTHON ?= $(shell for p in python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/b
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run demo test info clean chromium
+.PHONY: setup run demo test info clean chromium fashion-mnist
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "labkit needs Python >= 3.11 (3.12 preferred); set PYTHON=..."; exit 1; }
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP) fashion-mnist
 	$(VENV)/bin/labkit info
 	$(VENV)/bin/labkit run
 
@@ -42,9 +42,24 @@ chromium:
 	       "will be skipped (install it with: sudo apt-get install chromium)"; \
 	fi
 
+# Fashion-MNIST (the bundled `fashion_mnist` data set, notebook 06's experiments) comes from Debian's package:
+# the four original IDX files under /usr/share/datasets/fashion-mnist (MIT licence). On Colab: keras.datasets.
+FASHION_MNIST ?= /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+fashion-mnist:
+	@if [ -f "$(FASHION_MNIST)" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "labkit: installing Debian's dataset-fashion-mnist for the fashion_mnist data set (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+	    || echo "labkit: apt-get install dataset-fashion-mnist failed: the fashion_mnist data set and its tests" \
+	            "are unavailable"; \
+	else \
+	  echo "labkit: $(FASHION_MNIST) is missing and this is not root with apt-get: the fashion_mnist data set" \
+	       "and its tests are unavailable (install it with: sudo apt-get install dataset-fashion-mnist)"; \
+	fi
+
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval-sanitize.cfg --nbval-cell-timeout 900
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium fashion-mnist
 	$(VENV)/bin/python -m pytest tests notebooks $(NBVAL)
 
 info: $(STAMP)
