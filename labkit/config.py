@@ -20,7 +20,8 @@ ALLOWED: dict[str, tuple] = {
     "model": ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200",
               "resnet18_small", "resnet_tiny"),
     "dataset": ("digits", "fashion_mnist", "photos", "synthetic", "tfrecords", "tfds"),
-    "allreduce": ("xla", "ring", "torus2d", "torus2d_bidir", "hierarchical"),
+    "allreduce": ("xla", "ring", "torus2d", "torus2d_bidir", "hierarchical", "torus2d_links",
+                  "torus2d_bidir_links"),
     "dtype": ("float32", "bfloat16"),
     "optimizer": ("sgd", "lars"),
     "lr_schedule": ("poly", "step"),
@@ -80,6 +81,7 @@ class Config:
     # Input pipeline
     prefetch: int = 2                      # device batches queued ahead
     input_rung: str = ""                   # host pipeline: "" = all optimizations; a LADDER rung for ablations
+    cache_records: bool = True             # keep this host's raw train records in RAM (off: more data than RAM)
     deterministic: bool = True             # reproducible order (needed for exact resume)
 
     def __post_init__(self):

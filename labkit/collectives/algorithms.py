@@ -1,7 +1,10 @@
-"""collectives.algorithms: all-reduce algorithms on one flat per-replica buffer, run inside ``shard_map``.
+"""collectives.algorithms: the all-reduce registry and the XLA-composed algorithms, on one flat buffer.
 
-Owns the algorithms themselves (``xla``, ``ring``, ``torus2d``, ``torus2d_bidir``, ``hierarchical``), the ring
-order over the torus, and how long a buffer must be for each algorithm to split it evenly (``pad_multiple``).
+Owns the algorithm names (``ALGORITHMS``), which of them move every byte by ``ppermute`` (``LINK_LEVEL``: their
+results are typed per-replica), how long a buffer must be for each to split it evenly (``pad_multiple``), the
+host check of ``hierarchical``, and the XLA-composed forms (``xla``, ``torus2d``, ``torus2d_bidir``,
+``hierarchical``: per-axis psum / psum_scatter / all_gather, the practical fast ones). The hop-by-hop forms
+(``ring``, ``torus2d_links``, ``torus2d_bidir_links``) live in ``collectives.links``.
 Every function here takes a 1-D buffer that is already padded and returns its SUM over all replicas.
 Must not: handle pytrees, dtypes or padding (``collectives.fuse`` does), time anything, or build meshes.
 
@@ -17,11 +20,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from labkit.collectives import links
+from labkit.collectives.links import ring_order
 from labkit.mesh import Topology
 
-__all__ = ["ALGORITHMS", "ring_order", "pad_multiple", "reduce_flat", "check_algorithm"]
+__all__ = ["ALGORITHMS", "LINK_LEVEL", "ring_order", "pad_multiple", "reduce_flat", "check_algorithm",
+           "check_hosts"]
 
-ALGORITHMS: tuple[str, ...] = ("xla", "ring", "torus2d", "torus2d_bidir", "hierarchical")
+ALGORITHMS: tuple[str, ...] = ("xla", "ring", "torus2d", "torus2d_bidir", "hierarchical", "torus2d_links",
+                               "torus2d_bidir_links")
+LINK_LEVEL: tuple[str, ...] = ("ring", "torus2d_links", "torus2d_bidir_links")  # every byte by ppermute
 
 
 def check_algorithm(algorithm: str) -> str:
@@ -32,62 +40,49 @@ def check_algorithm(algorithm: str) -> str:
     return algorithm
 
 
-def ring_order(shape: tuple[int, int]) -> list[int]:
-    """A ring through every replica of an (X, Y) torus in which each hop is a torus neighbour (wrap included).
-
-    Lines (rows, or columns when that works better) are walked one after another, each in +1 or -1 direction,
-    stepping to the next line from where the last one ended. Alternating directions is the boustrophedon
-    ("snake"); with an odd number of odd-length lines the directions are chosen so the ring still closes
-    through a wrap-around link. Returns replica ids in ring order, starting at 0.
-    """
-    x, y = shape
-    # Walk rows if that can close, else walk columns (transpose back at the end).
-    if x % 2 == 0 or (y % 2 == 1 and y <= x):
-        return _line_walk(x, y)
-    walk = (divmod(r, x) for r in _line_walk(y, x))  # ids on the transposed (Y, X) grid: (column, row)
-    return [row * y + col for col, row in walk]
-
-
-def _line_walk(lines: int, length: int) -> list[int]:
-    """Walk ``lines`` rows of ``length`` cells; row-to-row hop along +line, column drift must total 0 mod length.
-
-    A row walked in +col ends one column *before* its start (net shift -1); in -col, one *after* (+1).
-    Even line count: alternate (sum 0). Odd with odd length <= lines: (lines+length)/2 rows at +1, rest at -1.
-    """
-    if lines % 2 == 0:
-        signs = [-((-1) ** i) for i in range(lines)]                   # -1, +1, -1, ... the snake
-    else:
-        up = (lines + length) // 2
-        signs = [+1] * up + [-1] * (lines - up)
-    order, col = [], 0
-    for i, s in enumerate(signs):
-        step = -s  # a row with net shift -1 walks +col
-        for k in range(length):
-            order.append(i * length + (col + step * k) % length)
-        col = (col + step * (length - 1)) % length
-    return order
-
-
 def pad_multiple(algorithm: str, topo: Topology) -> int:
     """The buffer length (in elements) must be a multiple of this for ``algorithm`` to split it evenly."""
     check_algorithm(algorithm)
     n = topo.num_replicas
-    return {"xla": 1, "torus2d_bidir": 2 * n}.get(algorithm, n)
+    return {"xla": 1, "torus2d_bidir": 2 * n, "torus2d_bidir_links": 4 * n}.get(algorithm, n)
 
 
-def reduce_flat(buf: jax.Array, topo: Topology, algorithm: str, *, invariant: bool = True) -> jax.Array:
+def check_hosts(algorithm: str, topo: Topology) -> None:
+    """``hierarchical`` treats a torus row (Y) as one host: with several processes, every row must be exactly
+    one process's devices, else a ValueError. (With one process the rows simulate hosts.)"""
+    if algorithm != "hierarchical":
+        return
+    grid = np.asarray(topo.mesh.devices).reshape(topo.shape)
+    _check_rows_are_hosts(grid)
+
+
+def _check_rows_are_hosts(grid: np.ndarray) -> None:
+    procs = np.vectorize(lambda d: d.process_index, otypes=[int])(grid)
+    hosts = sorted(set(procs.reshape(-1).tolist()))
+    if len(hosts) <= 1:
+        return
+    rows_ok = all(len(set(row.tolist())) == 1 for row in procs) and procs.shape[0] == len(hosts)  # a row per host
+    if not rows_ok:
+        per_host = procs.size // len(hosts)
+        raise ValueError(f"hierarchical: torus Y must be one host's devices, but the {grid.shape[0]}x"
+                         f"{grid.shape[1]} torus has rows spanning or sharing processes ({len(hosts)} processes, "
+                         f"{per_host} devices each); allowed: shape {len(hosts)}x{per_host} (X = hosts, "
+                         "Y = devices per host)")
+
+
+def reduce_flat(buf: jax.Array, topo: Topology, algorithm: str) -> jax.Array:
     """SUM of the 1-D ``buf`` over all replicas with ``algorithm``; call inside ``shard_map`` over ``topo.mesh``.
 
-    ``len(buf)`` must be a multiple of ``pad_multiple(algorithm, topo)``. With ``invariant`` (for training:
-    ``out_specs=P()`` under ``check_vma``) the last phase is an ``all_gather(to='invarying')`` so the result is
-    typed as replicated; with ``invariant=False`` the ring's all-gather is also explicit ``ppermute`` steps
-    and the result is typed per-replica (for ``out_specs=P(axes)``). The other algorithms are unaffected.
+    ``len(buf)`` must be a multiple of ``pad_multiple(algorithm, topo)``. The XLA-composed algorithms end in
+    ``all_gather(to='invarying')`` or ``psum``, so their result is typed replicated (``out_specs=P()`` passes
+    ``check_vma``); the ``LINK_LEVEL`` ones move every byte by ``ppermute`` and their result is typed
+    per-replica (``out_specs=P(axes)``, or ``check_vma=False`` as the train step does for them).
     """
     fn = _ALGORITHM_FNS[check_algorithm(algorithm)]
     if buf.ndim != 1 or buf.shape[0] % pad_multiple(algorithm, topo):
         raise ValueError(f"reduce_flat: {algorithm} needs a 1-D buffer whose length is a multiple of "
                          f"{pad_multiple(algorithm, topo)}, got shape {buf.shape}")
-    return fn(_as_varying(buf, topo.replica_axes), topo, invariant)
+    return fn(_as_varying(buf, topo.replica_axes), topo)
 
 
 def _as_varying(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
@@ -101,35 +96,9 @@ def _as_varying(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
 
 # --- the algorithms ---------------------------------------------------------------------------------------
 
-def _xla(buf, topo: Topology, invariant: bool):
+def _xla(buf, topo: Topology):
     """The baseline: one psum over every replica axis; XLA picks the algorithm."""
     return lax.psum(buf, topo.replica_axes)
-
-
-def _ring(buf, topo: Topology, invariant: bool):
-    """1-D ring over all N replicas: N-1 reduce-scatter steps then N-1 all-gather steps, one chunk per hop."""
-    axes, n = topo.replica_axes, topo.num_replicas
-    if n == 1:
-        return buf
-    order = ring_order(topo.shape)
-    chunks = buf.reshape(n, -1)
-    pos = jnp.asarray(np.argsort(order), jnp.int32)[lax.axis_index(axes)]  # my position on the ring
-    label = jnp.asarray(order, jnp.int32)  # chunk c ends up fully summed on replica c
-    perm = [(order[p], order[(p + 1) % n]) for p in range(n)]
-    for s in range(n - 1):  # reduce-scatter: pass a partial sum on, add what arrives into my copy
-        sent = lax.dynamic_index_in_dim(chunks, label[(pos - 1 - s) % n], keepdims=False)
-        got = lax.ppermute(sent, axes, perm)
-        k = label[(pos - 2 - s) % n]
-        chunks = lax.dynamic_update_index_in_dim(
-            chunks, lax.dynamic_index_in_dim(chunks, k, keepdims=False) + got, k, 0)
-    if invariant:  # replica r holds chunk r: gather them in replica order, typed as replicated
-        mine = lax.dynamic_index_in_dim(chunks, label[pos], keepdims=False)
-        return lax.all_gather(mine, axes, tiled=True, to="invarying")
-    for s in range(n - 1):  # all-gather: pass finished chunks on
-        sent = lax.dynamic_index_in_dim(chunks, label[(pos - s) % n], keepdims=False)
-        got = lax.ppermute(sent, axes, perm)
-        chunks = lax.dynamic_update_index_in_dim(chunks, got, label[(pos - 1 - s) % n], 0)
-    return chunks.reshape(-1)
 
 
 def _two_dim(buf, first: tuple[str, ...], second: tuple[str, ...]):
@@ -139,12 +108,12 @@ def _two_dim(buf, first: tuple[str, ...], second: tuple[str, ...]):
     return lax.all_gather(shard, first, axis=0, tiled=True, to="invarying")
 
 
-def _torus2d(buf, topo: Topology, invariant: bool):
+def _torus2d(buf, topo: Topology):
     """Mikami et al.: reduce-scatter along X, all-reduce along Y, all-gather along X."""
     return _two_dim(buf, topo.torus_axes.x, topo.torus_axes.y)
 
 
-def _torus2d_bidir(buf, topo: Topology, invariant: bool):
+def _torus2d_bidir(buf, topo: Topology):
     """Ying et al.: half A goes Y-then-X while half B goes X-then-Y, so both dimensions' links work at once.
 
     The phases are written interleaved (A's and B's reduce-scatters side by side, ...) so the scheduler can
@@ -161,12 +130,14 @@ def _torus2d_bidir(buf, topo: Topology, invariant: bool):
     return jnp.concatenate([a, b])
 
 
-def _hierarchical(buf, topo: Topology, invariant: bool):
+def _hierarchical(buf, topo: Topology):
     """Horovod-style: reduce-scatter inside a host (torus Y = one host's devices, rows are kept per process
     by ``Topology``), all-reduce the shard across hosts (X), all-gather inside the host."""
     return _two_dim(buf, topo.torus_axes.y, topo.torus_axes.x)
 
 
-_ALGORITHM_FNS: dict[str, Callable] = {"xla": _xla, "ring": _ring, "torus2d": _torus2d,
-                                       "torus2d_bidir": _torus2d_bidir, "hierarchical": _hierarchical}
+_ALGORITHM_FNS: dict[str, Callable] = {"xla": _xla, "ring": links.ring, "torus2d": _torus2d,
+                                       "torus2d_bidir": _torus2d_bidir, "hierarchical": _hierarchical,
+                                       "torus2d_links": links.torus2d_links,
+                                       "torus2d_bidir_links": links.torus2d_bidir_links}
 assert tuple(_ALGORITHM_FNS) == ALGORITHMS

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from labkit.collectives.algorithms import check_algorithm, pad_multiple, reduce_flat
+from labkit.collectives.algorithms import LINK_LEVEL, check_algorithm, check_hosts, pad_multiple, reduce_flat
 from labkit.collectives.fuse import DEFAULT_BUCKET_BYTES, reduce_tree
 from labkit.mesh import Topology
 
@@ -22,26 +22,29 @@ __all__ = ["make_reducer", "all_reduce"]
 
 
 def make_reducer(topo: Topology, algorithm: str, *, bucket_bytes: int | None = DEFAULT_BUCKET_BYTES,
-                 reduce_dtype=None, invariant: bool = True) -> Callable[[Any], Any]:
+                 reduce_dtype=None) -> Callable[[Any], Any]:
     """A function ``tree -> tree`` that SUMS every leaf over all replicas of ``topo`` with ``algorithm``.
 
     Call it inside ``jax.shard_map`` over ``topo.mesh`` (all replica axes manual), e.g.
-    ``make_train_step(model, topo, reduce_gradients=make_reducer(topo, "torus2d"))``.
+    ``make_train_step(model, topo, reduce_gradients=make_reducer(topo, "torus2d_links"))``.
     Leaves are fused into buckets of at most ``bucket_bytes`` (``None``: one per dtype) and padded; shapes and
     dtypes come back unchanged. ``reduce_dtype=jnp.float32`` sums bf16/fp16 leaves in fp32.
-    With ``invariant`` (default) results are typed as replicated, so ``out_specs=P()`` passes ``check_vma``;
-    ``invariant=False`` keeps the ring fully explicit (``ppermute`` all-gather) at the cost of per-replica typing.
+    The reducer's ``invariant`` attribute says how its results are typed: True (XLA-composed algorithms) =
+    replicated, so ``out_specs=P()`` passes ``check_vma``; False (``LINK_LEVEL``: every byte by ``ppermute``) =
+    per-replica, so a caller returning them replicated runs its ``shard_map`` with ``check_vma=False``.
     """
     check_algorithm(algorithm)
+    check_hosts(algorithm, topo)
     multiple = pad_multiple(algorithm, topo)
     if bucket_bytes is not None and bucket_bytes <= 0:
         raise ValueError(f"bucket_bytes: must be a positive number of bytes or None, got {bucket_bytes}")
-    flat = functools.partial(reduce_flat, topo=topo, algorithm=algorithm, invariant=invariant)
+    flat = functools.partial(reduce_flat, topo=topo, algorithm=algorithm)
 
     def reduce_gradients(tree):
         return reduce_tree(tree, flat, multiple, bucket_bytes, reduce_dtype)
 
     reduce_gradients.__name__ = f"reduce_{algorithm}"
+    reduce_gradients.invariant = algorithm not in LINK_LEVEL
     return reduce_gradients
 
 
@@ -50,7 +53,7 @@ def all_reduce(x, topo: Topology, algorithm: str = "xla", *, bucket_bytes: int |
     """``x`` (or a pytree of such) with leading dimension = replica index -> same shape, every row = the sum.
 
     ``x`` may be a global ``jax.Array`` sharded over the replicas (``topo.batch_sharding``) or a host array
-    (placed for you). The ring runs fully explicit here (``invariant=False``): results are per-replica rows.
+    (placed for you). Results are per-replica rows (``out_specs=P(axes)``), so every algorithm runs as written.
     """
     check_algorithm(algorithm)
     n = topo.num_replicas
@@ -73,8 +76,7 @@ def _place(a, topo: Topology) -> jax.Array:
 @functools.lru_cache(maxsize=64)
 def _compiled(topo: Topology, algorithm: str, bucket_bytes, reduce_dtype) -> Callable:
     axes = topo.replica_axes
-    reducer = make_reducer(topo, algorithm, bucket_bytes=bucket_bytes, reduce_dtype=reduce_dtype,
-                           invariant=False)
+    reducer = make_reducer(topo, algorithm, bucket_bytes=bucket_bytes, reduce_dtype=reduce_dtype)
 
     def body(tree):
         rows = reducer(jax.tree_util.tree_map(lambda b: b[0], tree))  # my block is [1, ...]: drop the 1

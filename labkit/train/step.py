@@ -61,7 +61,8 @@ def make_train_step(model: flax.linen.Module, topo: Topology, *, reduce_gradient
     ``reduce_gradients(tree) -> tree`` runs inside ``shard_map`` and must *sum* over all replicas.
     With ``capture_bn`` (and a model built with ``capture_bn=True``), ``bn_stats`` holds per-replica BN
     statistics with a leading replica dimension; otherwise it is ``{}``. ``metrics``: global mean ``loss`` and
-    ``accuracy``, and ``params_finite`` (False once the update produced a NaN/inf parameter).
+    ``accuracy``, and ``finite`` (False when the loss, an updated parameter or a BN running statistic is NaN/inf:
+    such a state must never reach a checkpoint; computed on the device, read by the loop at its log cadence).
     ``preprocess(images)`` runs on the device first (e.g. ``labkit.data.normalize`` of 0..255 bf16 images).
     """
     axes = topo.replica_axes
@@ -77,11 +78,13 @@ def make_train_step(model: flax.linen.Module, topo: Topology, *, reduce_gradient
         def loss_fn(params):
             logits, new_vars = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images,
                                               train=True, mutable=mutable)
-            return cross_entropy_loss(logits, labels, label_smoothing), (logits, new_vars)
+            loss = cross_entropy_loss(logits, labels, label_smoothing)
+            # Global loss = mean over replicas of local means: differentiate loss / n so the replica SUM is
+            # the gradient (no extra pass over the summed gradients to divide them).
+            return loss / n, (loss, logits, new_vars)
 
-        (loss, (logits, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(local_params)
-        # Global loss = mean over replicas of local means, so the gradient is the replica sum / n.
-        grads = jax.tree_util.tree_map(lambda g: g / n, reduce_gradients(grads))
+        (_, (loss, logits, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(local_params)
+        grads = reduce_gradients(grads)
         # Each BN group keeps its own running statistics; average them across groups so the replicated state
         # stays one model (what flax's imagenet example does before eval). Within a group they already agree.
         # (They vary only over the non-BN axes; check_vma verifies that against out_specs=P().)
@@ -90,18 +93,25 @@ def make_train_step(model: flax.linen.Module, topo: Topology, *, reduce_gradient
             batch_stats = jax.lax.pmean(batch_stats, across_groups)
         new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-        # The loss is computed before the update, so also check the updated parameters: a NaN/inf state must
-        # never reach a checkpoint. (One reduction over the replicated parameters.)
-        params_finite = jnp.isfinite(optax.tree.norm(new_state.params))
-        metrics = {"loss": jax.lax.pmean(loss, axes), "accuracy": jax.lax.pmean(accuracy, axes),
-                   "params_finite": params_finite}
+        loss = jax.lax.pmean(loss, axes)
+        metrics = {"loss": loss, "accuracy": jax.lax.pmean(accuracy, axes),
+                   "finite": _all_finite(loss, new_state.params, new_state.batch_stats)}
         bn_stats = jax.tree_util.tree_map(lambda v: v[None], new_vars.get("bn_stats", {}))
         return new_state, metrics, bn_stats
 
+    # A link-level reducer (every byte by ppermute) returns sums JAX types per-replica; no collective-free cast
+    # to replicated exists, so those steps skip the vma check (``make_reducer(...).invariant``).
     sharded = jax.shard_map(body, mesh=topo.mesh, in_specs=(P(), P(axes), P(axes)),
-                            out_specs=(P(), P(), P(axes)))
+                            out_specs=(P(), P(), P(axes)),
+                            check_vma=getattr(reduce_gradients, "invariant", True))
     return jax.jit(sharded, donate_argnums=(0,) if donate else ())
 
+
+
+def _all_finite(*trees) -> jax.Array:
+    """True when every value is finite: one sum per leaf (a NaN or inf anywhere makes its sum non-finite)."""
+    sums = [jnp.sum(leaf.astype(jnp.float32)) for leaf in jax.tree_util.tree_leaves(trees)]
+    return jnp.isfinite(jnp.sum(jnp.stack(sums))) if sums else jnp.array(True)
 
 
 def make_eval_step(model: flax.linen.Module, topo: Topology, *, preprocess: Callable | None = None):
