@@ -162,8 +162,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="runs/demo", help="where telemetry.jsonl goes ('' for none)")
     p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("train", help="a full training run from a preset, with overrides")
-    p.add_argument("--config", default="cpu8-digits", help="preset: cpu8-digits (default), colab-tpu, "
-                   "tpu-pod-resnet50, gpu-resnet50")
+    p.add_argument("--config", default="cpu8-digits", help="preset: cpu8-digits (default), colab, "
+                   "tpu-vm-slice, tpu-pod-resnet50, gpu-resnet50, fmnist-* (see labkit/presets.py)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key (repeatable); the keys are listed by `labkit config keys`")
     p.add_argument("--workdir", default="runs/train", help="checkpoints, telemetry.jsonl, summary.json")

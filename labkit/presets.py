@@ -1,10 +1,12 @@
 """presets: named, documented starting points for ``Config``; each says its command and expected runtime.
 
-Owns the table of presets. Must not: validate (``Config`` does) or run anything.
+Owns the table of presets. The hardware presets (``colab``, ``tpu-vm-slice``, ``gpu-resnet50``) adapt to the
+devices when called: they read the device plan (``labkit.mesh.device_plan``), which starts JAX with the
+preset's simulated CPU count. Must not: validate (``Config`` does) or run anything.
 """
 from __future__ import annotations
 
-from labkit.config import Config
+from labkit.config import ALLOWED, Config
 
 __all__ = ["PRESETS", "get_preset"]
 
@@ -25,15 +27,52 @@ def cpu8_digits() -> Config:
                   random_flip=False, target_accuracy=0.97, cpu_devices=8)
 
 
-def colab_tpu() -> Config:
-    """A Colab / Cloud TPU v2-8 or v3-8 (8 cores): ResNet-18 on `photos` throughput or your TFRecords.
+def colab() -> Config:
+    """Colab's one-chip runtimes (TPU v5e-1, TPU v6e-1, or one GPU: T4, L4, A100, H100): train on the chip.
 
-    Command: ``labkit train --config colab-tpu --set dataset=tfrecords --set data_dir=gs://...``.
-    Runtime: minutes per epoch of a small data set; bf16 compute; BN groups of 2 cores.
+    Command: ``labkit train --config colab --workdir runs/colab``; in ``04_train``: ``preset = "colab"``.
+    Runtime: well under a minute of training on a TPU v5e-1 or an L4/A100/H100 plus about a minute of
+    compilation (an estimate: no accelerator was at hand to measure it); about 2 minutes on one CPU device
+    (the rehearsal, ``LABKIT_COMPUTE_DEVICES=1``). Stops at 97% validation top-1 on the bundled `digits`.
+    Adapts when called: one replica (a ``1x1`` torus, which the device plan puts on the accelerator), so BN
+    is plain single-device BN over the batch; bfloat16 on TPUs and Ampere-or-newer GPUs, float16 (else float32)
+    on older GPUs such as the T4, float32 on a CPU; batch 256 on an accelerator, 128 on a CPU.
+    The mesh lessons (BN groups, all-reduce algorithms, 8 replicas) use ``cpu8-digits`` on simulated devices.
     """
-    return Config(model="resnet18", dataset="digits", image_size=32, global_batch=1024, bn_group=2,
-                  allreduce="torus2d", dtype="bfloat16", optimizer="sgd", base_lr=0.1, epochs=30,
-                  warmup_epochs=2, target_accuracy=0.97)
+    kind, n, platform = _compute()
+    if platform == "tpu" or (platform == "gpu" and not kind.startswith("Tesla")):
+        dtype = "bfloat16"
+    elif platform == "gpu":  # Tesla T4 / V100 / P100: no fast bfloat16
+        dtype = "float16" if "float16" in ALLOWED["dtype"] else "float32"
+    else:
+        dtype = "float32"
+    batch = 128 if platform == "cpu" else 256
+    return Config(model="resnet18_small", dataset="digits", image_size=32, global_batch=batch, bn_group=1,
+                  shape="1x1", allreduce="xla", dtype=dtype, optimizer="sgd", base_lr=0.4, lr_schedule="poly",
+                  warmup_epochs=2, epochs=20, weight_decay=5e-4, eval_every_epochs=1, crop_area_min=0.5,
+                  random_flip=False, target_accuracy=0.97, collective_every_steps=0, cpu_devices=8)
+
+
+def tpu_vm_slice() -> Config:
+    """A Cloud TPU VM slice on one host: v5e-8 / v6e-8 (8 chips, a 2x4 torus) or v4-8 / v5p-8 (4 chips, 2x2).
+
+    Command: ``labkit train --config tpu-vm-slice --set data_dir=gs://BUCKET/imagenet --workdir
+    gs://BUCKET/runs/rn50`` on the TPU VM (``gcloud compute tpus tpu-vm ssh NAME``).
+    Runtime: an estimate, not measured (no TPU here): about 3-4 hours for 90 epochs of ImageNet if the slice
+    sustains ~10,000 images/s; the host's JPEG decoding may bound it (watch ``input_bound`` in the dashboard).
+    Adapts when called: the torus is the chip grid (2x4 for 8 chips, 2x2 for 4, else the most square), laid
+    out by chip coordinates. ResNet-50, bf16, global batch 1024 (128 or 256 per chip), per-chip BN, 2-D torus
+    all-reduce, SGD Nesterov with warm-up and step decay; raw records are not cached in RAM (ImageNet's
+    ~140 GB exceeds one host's memory).
+    """
+    _, n, _ = _compute()
+    shape = {8: "2x4", 4: "2x2"}.get(n, "")
+    return Config(model="resnet50", dataset="tfrecords", data_dir="imagenet", image_size=224,
+                  num_classes=1000, label_offset=1, train_images=_IMAGENET_TRAIN, global_batch=1024, bn_group=1,
+                  shape=shape, allreduce="torus2d", dtype="bfloat16", optimizer="sgd", base_lr=0.1,
+                  lr_schedule="step", warmup_epochs=5, label_smoothing=0.1, epochs=90, eval_every_epochs=4,
+                  deterministic=False, cache_records=False, bn_stats_every_steps=100, collective_every_steps=500,
+                  log_every_steps=10)
 
 
 def tpu_pod_resnet50() -> Config:
@@ -53,16 +92,30 @@ def tpu_pod_resnet50() -> Config:
 
 
 def gpu_resnet50() -> Config:
-    """ResNet-50 on one GPU box (e.g. 8 x H100), ImageNet TFRecords, bf16, SGD Nesterov at batch 2048.
+    """ResNet-50 on one GPU box (1 to 8 GPUs), ImageNet TFRecords, bf16, SGD Nesterov at 256 images per GPU.
 
     Command: ``labkit train --config gpu-resnet50 --set data_dir=/data/imagenet --workdir runs/rn50``.
-    Runtime: roughly 6-8 hours for 90 epochs on 8 H100s (input-bound without a fast host).
+    Runtime: an estimate, not measured here: 6-11 hours for 90 epochs on one H100 (5,000-3,000 images/s),
+    roughly 6-8 hours on 8 H100s, where the host's JPEG decoding bounds it.
+    Adapts when called: one GPU is a ``1x1`` torus (the device plan puts it on the GPU), several are the most
+    square torus with XLA's all-reduce (NVLink is no torus). Raw records are not cached in RAM: ImageNet's
+    ~140 GB of JPEGs would not fit most hosts' memory, so each epoch re-reads them from disk.
     """
+    _, n, _ = _compute()
     return Config(model="resnet50", dataset="tfrecords", data_dir="imagenet", image_size=224,
-                  num_classes=1000, label_offset=1, train_images=_IMAGENET_TRAIN, global_batch=2048, bn_group=1, allreduce="xla",
-                  dtype="bfloat16", optimizer="sgd", base_lr=0.1, lr_schedule="step", warmup_epochs=5,
-                  label_smoothing=0.1, epochs=90, eval_every_epochs=4, deterministic=False,
-                  bn_stats_every_steps=100, collective_every_steps=500, log_every_steps=10)
+                  num_classes=1000, label_offset=1, train_images=_IMAGENET_TRAIN, global_batch=256 * n,
+                  bn_group=1, shape="1x1" if n == 1 else "", allreduce="xla", dtype="bfloat16", optimizer="sgd",
+                  base_lr=0.1, lr_schedule="step", warmup_epochs=5, label_smoothing=0.1, epochs=90,
+                  eval_every_epochs=4, deterministic=False, cache_records=False, bn_stats_every_steps=100,
+                  collective_every_steps=500, log_every_steps=10)
+
+
+def _compute(cpu_devices: int = 8) -> tuple[str, int, str]:
+    """(device kind, count, platform) of the plan's compute devices; fixes the simulated CPU count first."""
+    from labkit.mesh import device_plan, simulate_devices
+    simulate_devices(cpu_devices)
+    compute = device_plan().compute
+    return compute[0].device_kind, len(compute), compute[0].platform
 
 
 def _fmnist(**changes) -> Config:
@@ -106,8 +159,8 @@ def fmnist_input_ladder() -> Config:
                    eval_every_epochs=1.0, target_accuracy=0.70)
 
 
-PRESETS = {"cpu8-digits": cpu8_digits, "colab-tpu": colab_tpu, "tpu-pod-resnet50": tpu_pod_resnet50,
-           "gpu-resnet50": gpu_resnet50, "fmnist-bn-groups": fmnist_bn_groups,
+PRESETS = {"cpu8-digits": cpu8_digits, "colab": colab, "tpu-vm-slice": tpu_vm_slice,
+           "tpu-pod-resnet50": tpu_pod_resnet50, "gpu-resnet50": gpu_resnet50, "fmnist-bn-groups": fmnist_bn_groups,
            "fmnist-large-batch": fmnist_large_batch, "fmnist-input-ladder": fmnist_input_ladder}
 
 

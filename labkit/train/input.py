@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 
 import jax
 
 from labkit.config import Config, ConfigError
+from labkit.data._tf import import_tf
 from labkit.mesh import Topology
 
-__all__ = ["DataInfo", "describe_data", "create_train_iterator", "create_eval_dataset", "eval_batches"]
+__all__ = ["DataInfo", "describe_data", "create_train_iterator", "InputPositions", "create_eval_dataset", "eval_batches"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,14 +62,19 @@ def _switches(config: Config):
     """The host pipeline's switches: every optimization on, or the rung ``config.input_rung`` of the ladder."""
     from labkit.data import LADDER, Switches
     if not config.input_rung:
-        return Switches(random_flip=config.random_flip)
+        return Switches(random_flip=config.random_flip, cache=config.cache_records)
     rungs = {name.lstrip("+ "): switches for name, switches in LADDER}
-    return dataclasses.replace(rungs[config.input_rung], random_flip=config.random_flip)
+    rung = rungs[config.input_rung]
+    return dataclasses.replace(rung, random_flip=config.random_flip, cache=rung.cache and config.cache_records)
 
 
-def create_train_iterator(config: Config, topo: Topology, info: DataInfo, *, start_step: int = 0, stream=None):
+def create_train_iterator(config: Config, topo: Topology, info: DataInfo, *, start_step: int = 0, stream=None,
+                          positions: "InputPositions | None" = None):
     """Global training batches from ``start_step`` on, prefetched to the devices (``input_queue`` telemetry).
 
+    With ``positions`` (a run directory's saved input positions), the tf.data iterator is restored from the
+    latest saved position at or before ``start_step`` and only the few batches between are read again, so a
+    resume costs the same at step 10 and at step 100,000; new positions are saved where ``positions`` asks.
     With ``config.deterministic`` the order and augmentation depend only on (seed, step), so a resumed run
     sees exactly the batches an uninterrupted one would.
     """
@@ -75,20 +82,103 @@ def create_train_iterator(config: Config, topo: Topology, info: DataInfo, *, sta
     if info.source == "synthetic":
         return synthetic_batches(topo, config.global_batch, image_size=config.image_size,
                                  num_classes=info.num_classes, seed=config.seed)
-    from labkit.data import Switches, train_dataset
+    from labkit.data import train_dataset
     per_host = config.global_batch // jax.process_count()
-    # Deterministic: the stream depends on the seed alone, so skipping the consumed batches reproduces an
-    # unbroken run exactly (it re-reads them). Otherwise (the pod presets): a fresh shuffle, seeded by the step.
-    seed = config.seed if config.deterministic else config.seed + start_step
+    saved = positions.at_or_before(start_step) if positions is not None else None
+    # With a saved position, or deterministic input, the stream depends on the seed alone. Otherwise (the pod
+    # presets resumed without a saved position): a fresh shuffle, seeded by the step.
+    seed = config.seed if (config.deterministic or saved is not None) else config.seed + start_step
     ds = train_dataset(info.source, per_host, image_size=config.image_size, num_classes=info.num_classes,
                        label_offset=_label_offset(config), seed=seed, deterministic=config.deterministic,
                        crop_area=(config.crop_area_min, 1.0),
                        switches=_switches(config))
     counter = ds.skip_counter
-    if start_step and config.deterministic:
-        ds = ds.skip(start_step)
-    return DevicePrefetcher(ds, topo, size=max(1, config.prefetch), stream=stream,
+    if positions is not None:
+        if saved is None and not config.deterministic:  # a fresh shuffle: nothing to replay
+            source = positions.source(ds, start_step)
+        else:  # restore the saved position (none: from the start), then read the few batches up to start_step
+            source = positions.source(ds, saved or 0, restore=saved is not None)
+            for _ in range(start_step - source.position):  # at most one save interval (all of them: no save)
+                next(source)
+    else:
+        source = ds.skip(start_step) if start_step and config.deterministic else ds
+    return DevicePrefetcher(source, topo, size=max(1, config.prefetch), stream=stream,
                             emit_every=max(1, config.log_every_steps), skip_counter=counter, start_step=start_step)
+
+
+class InputPositions:
+    """Saved tf.data iterator positions of one run: ``DIR/<step>/host<i>`` (tf.train.Checkpoint; gs:// works).
+
+    ``wanted(step)`` says where to save (the loop's checkpoint steps). The prefetch thread saves the position
+    *before* it reads the batch of a wanted step, so a checkpoint at that step resumes with no batch read twice.
+    """
+
+    def __init__(self, directory: str, wanted=lambda step: False, keep: int = 4):
+        self.directory, self.wanted, self.keep = str(directory).rstrip("/"), wanted, keep
+        self._cond = threading.Condition()
+        self._saved: set[int] = set(self._list())
+
+    def _list(self) -> list[int]:
+        tf = import_tf()
+        if not tf.io.gfile.isdir(self.directory):
+            return []
+        return sorted(int(n.rstrip("/")) for n in tf.io.gfile.listdir(self.directory) if n.rstrip("/").isdigit())
+
+    def _prefix(self, step: int) -> str:
+        return f"{self.directory}/{step}/host{jax.process_index()}"
+
+    def at_or_before(self, step: int) -> int | None:
+        tf = import_tf()
+        found = [s for s in self._saved if s <= step and tf.io.gfile.exists(self._prefix(s) + ".index")]
+        return max(found) if found else None
+
+    def source(self, ds, position: int, restore: bool = False) -> "_PositionedSource":
+        return _PositionedSource(self, ds, position, restore=restore)
+
+    def wait_for(self, step: int, timeout: float = 600.0) -> int | None:
+        """The saved position a checkpoint at ``step`` resumes from (waits for ``step``'s own if it is wanted)."""
+        with self._cond:
+            if self.wanted(step):
+                self._cond.wait_for(lambda: step in self._saved, timeout)
+            found = [s for s in self._saved if s <= step]
+        return max(found) if found else None
+
+    def _record(self, step: int) -> None:
+        with self._cond:
+            self._saved.add(step)
+            self._cond.notify_all()
+            old = sorted(self._saved)[:-self.keep]
+        tf = import_tf()
+        for s in old:  # each host removes its own files
+            for path in tf.io.gfile.glob(self._prefix(s) + ".*"):
+                tf.io.gfile.remove(path)
+            with self._cond:
+                self._saved.discard(s)
+
+
+class _PositionedSource:
+    """The tf.data iterator handed to the prefetch thread: counts batches and saves positions when wanted."""
+
+    def __init__(self, positions: InputPositions, ds, position: int, restore: bool):
+        tf = import_tf()
+        options = tf.data.Options()  # the skip counter is a variable: its value is not part of a position
+        options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+        self._iterator = ds.with_options(options).as_numpy_iterator()
+        self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
+        self.positions, self.position = positions, position
+        if restore:
+            self._checkpoint.read(positions._prefix(position)).assert_consumed()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.positions.wanted(self.position) and self.position not in self.positions._saved:
+            self._checkpoint.write(self.positions._prefix(self.position))
+            self.positions._record(self.position)
+        batch = next(self._iterator)
+        self.position += 1
+        return batch
 
 
 def create_eval_dataset(config: Config, info: DataInfo):
