@@ -1,26 +1,34 @@
 """runs: ``labkit run``: execute a notebook with papermill into ``runs/<name>/`` and index the results.
 
-Owns turning ``-p key value`` / ``--sweep key=v1,v2`` into papermill executions, the run directory layout
-(executed notebook, telemetry.jsonl, summary.json, dashboard.html: the notebook writes the last three into its
-``workdir`` parameter), the results index ``runs/index.csv``, and ``config_from_parameters`` for the notebook's
-parameters cell. Must not: train or evaluate itself (the notebook does, through labkit).
+Owns turning ``-p key value`` / ``--sweep key=v1,v2`` into papermill executions (parameters checked against the
+notebook's own ``parameters`` cell before anything runs), the run directory layout (executed notebook,
+telemetry.jsonl, summary.json, dashboard.html: the notebook writes the last three into its ``workdir``
+parameter), what a re-run, a failed start and Ctrl-C leave behind, the progress lines printed while a notebook
+trains, the results index ``runs/index.csv``, and ``config_from_parameters`` for the notebook's parameters cell.
+Must not: train or evaluate itself (the notebook does, through labkit), or compute what it prints (it reads
+``summary.json`` and telemetry).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import itertools
 import json
+import os
+import shutil
 import sys
+import threading
 from pathlib import Path
 
 __all__ = ["HELP", "add_arguments", "run", "run_notebook", "config_from_parameters", "default_workdir",
-           "INDEX_COLUMNS"]
+           "INDEX_COLUMNS", "finished_summary", "discard_failed_start", "last_checkpoint", "interrupted_line"]
 
 HELP = "execute a notebook with papermill into runs/<name>/ (parameters, sweeps) and index the results"
 DEFAULT_NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "04_train.ipynb"
 INDEX_COLUMNS = ("name", "notebook", "status", "parameters", "top1", "best_top1", "time_to_accuracy_s",
                  "images_per_s", "steps", "wall_time_s", "simulated", "run_dir", "finished_at", "error")
+_FINISHED = ("target", "epochs")  # summary.json "stopped" values of a run that has nothing left to do
 
 
 def config_from_parameters(preset: str, namespace: dict):
@@ -35,6 +43,51 @@ def config_from_parameters(preset: str, namespace: dict):
 def default_workdir(name: str, runs_dir: str | Path = "runs") -> str:
     """A fresh run directory ``runs/<name>-<date-time>`` (a re-run notebook starts a new run, not a resume)."""
     return str(Path(runs_dir) / f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+
+
+def finished_summary(run_dir: str | Path) -> dict | None:
+    """``run_dir``'s summary when that run finished (target reached or all epochs done), else None."""
+    path = Path(run_dir) / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and summary.get("stopped") in _FINISHED else None
+
+
+def last_checkpoint(workdir: str | Path) -> int | None:
+    """The newest checkpoint step in ``workdir/checkpoints`` (Orbax step folders), or None."""
+    folder = Path(workdir) / "checkpoints"
+    steps = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()] if folder.is_dir() else []
+    return max(steps) if steps else None
+
+
+def discard_failed_start(workdir: str | Path) -> list[str]:
+    """After a start that trained nothing (no checkpoint), remove what it wrote so the corrected command is not
+    refused as "a different config": config.json, telemetry, summary.json and the empty checkpoints folder.
+    A workdir holding a checkpoint is left alone. Returns the names removed."""
+    workdir = Path(workdir)
+    if not workdir.is_dir() or last_checkpoint(workdir) is not None:
+        return []
+    removed = []
+    for path in [workdir / "config.json", workdir / "summary.json", *workdir.glob("telemetry*.jsonl")]:
+        if path.is_file():
+            path.unlink()
+            removed.append(path.name)
+    if (workdir / "checkpoints").is_dir():
+        shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
+        removed.append("checkpoints/")
+    return removed
+
+
+def interrupted_line(command: str, workdir: str | Path, resume: str) -> str:
+    """The one line printed on Ctrl-C: the checkpoint kept (or that none was), and how to resume."""
+    step = last_checkpoint(workdir)
+    if step is None:
+        discard_failed_start(workdir)
+        return f"labkit {command}: interrupted before the first checkpoint; nothing kept. Start again with: {resume}"
+    return (f"labkit {command}: interrupted; checkpoint kept: step {step} in {Path(workdir) / 'checkpoints'}. "
+            f"Resume with: {resume}")
 
 
 def _typed(value: str):
@@ -57,30 +110,118 @@ def _sweep_points(sweeps: list[str]) -> list[dict]:
     return [dict(point) for point in itertools.product(*axes)] if axes else [{}]
 
 
-def run_notebook(notebook: str | Path, parameters: dict, name: str, runs_dir: str | Path = "runs",
-                 kernel: str = "python3") -> dict:
-    """Execute ``notebook`` with ``parameters`` (plus ``workdir=runs_dir/name``); returns its index row."""
+def _check_parameters(notebook: Path, keys) -> None:
+    """Every key must be a parameter of the notebook's ``parameters`` cell: fail before any work."""
     import papermill as pm
-    notebook, run_dir = Path(notebook), Path(runs_dir) / name
     if not notebook.is_file():
         raise FileNotFoundError(f"labkit run: notebook {str(notebook)!r} does not exist")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    params = dict(parameters, workdir=str(run_dir.resolve()))
+    allowed = list(pm.inspect_notebook(str(notebook)))
+    unknown = sorted(set(keys) - set(allowed) - {"workdir"})
+    if unknown:
+        raise ValueError(f"unknown notebook parameter(s) {unknown} for {notebook.name}; allowed: "
+                         f"{sorted(set(allowed) - {'workdir'})}" if allowed else
+                         f"{notebook.name} has no cell tagged 'parameters', so it takes no -p/--sweep; got {unknown}")
+
+
+class _Progress:
+    """Prints training progress from the run's telemetry while the notebook executes (a thread tailing the
+    file papermill's kernel writes): about ten step lines per run, and every evaluation."""
+
+    def __init__(self, run_dir: Path, out=None, period_s: float = 1.0):
+        from labkit import telemetry
+        self.follower = telemetry.JsonlFollower(run_dir / "telemetry.jsonl")
+        self.out, self.period_s = out or sys.stdout, period_s
+        self.total, self.next_step = None, 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self._print_new()
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.period_s):
+            self._print_new()
+
+    def _print_new(self) -> None:
+        for e in self.follower.poll():
+            kind = e.get("kind")
+            if kind == "run" and e.get("phase") != "end":
+                self.total = e.get("total_steps")
+                start = e.get("resumed_from") or 0
+                self.next_step = start
+                self._say(f"  training: {e.get('model')} on {e.get('dataset')}, {self.total} steps"
+                          + (f", resumed at step {start}" if start else ""))
+            elif kind == "step" and isinstance(e.get("step"), int) and e["step"] >= self.next_step:
+                every = max(1, (self.total or 10) // 10)
+                self.next_step = (e["step"] // every + 1) * every
+                loss = e.get("loss")
+                self._say(f"  step {e['step']}/{self.total or '?'}"
+                          + (f"  loss {loss:.4f}" if isinstance(loss, (int, float)) else ""))
+            elif kind == "eval" and isinstance(e.get("top1"), (int, float)):
+                self._say(f"  eval at step {e.get('step')}: top-1 {e['top1']:.4f}")
+
+    def _say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+
+@contextlib.contextmanager
+def _quiet_stderr(log_path: Path):
+    """Send file descriptor 2 (the kernel's and TensorFlow's C++ messages, jupyter warnings) to ``log_path``."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(log_path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def run_notebook(notebook: str | Path, parameters: dict, name: str, runs_dir: str | Path = "runs",
+                 kernel: str = "python3", progress: bool = True) -> dict:
+    """Execute ``notebook`` with ``parameters`` (plus ``workdir=runs_dir/name``); returns its index row.
+
+    A run directory whose run already finished is left untouched (row status ``finished``, nothing executed).
+    A failed start that trained nothing keeps only the executed notebook (with the error). Kernel and
+    TensorFlow messages go to ``kernel.log`` in the run directory.
+    """
+    import papermill as pm
+    notebook, run_dir = Path(notebook), Path(runs_dir) / name
+    _check_parameters(notebook, parameters)
     row = {"name": name, "notebook": str(notebook), "parameters": json.dumps(parameters, sort_keys=True),
            "run_dir": str(run_dir), "status": "ok", "error": ""}
+    done = finished_summary(run_dir)
+    if done is not None:
+        row.update({k: done.get(k) for k in _SUMMARY_FIELDS}, status="finished")
+        return row
+    run_dir.mkdir(parents=True, exist_ok=True)
+    params = dict(parameters, workdir=str(run_dir.resolve()))
+    tracker = _Progress(run_dir) if progress else contextlib.nullcontext()
     try:
-        pm.execute_notebook(str(notebook), str(run_dir / notebook.name), parameters=params, kernel_name=kernel,
-                            progress_bar=False, cwd=str(notebook.parent))
+        with _quiet_stderr(run_dir / "kernel.log"), tracker:
+            pm.execute_notebook(str(notebook), str(run_dir / notebook.name), parameters=params,
+                                kernel_name=kernel, progress_bar=False, cwd=str(notebook.parent))
     except pm.PapermillExecutionError as e:  # the notebook's own error: labkit's message is in evalue
         row.update(status="failed", error=f"{e.ename}: {e.evalue}")
+        discard_failed_start(run_dir)
     summary_file = run_dir / "summary.json"
     if summary_file.is_file():
         summary = json.loads(summary_file.read_text())
-        row.update({k: summary.get(k) for k in ("top1", "best_top1", "time_to_accuracy_s", "images_per_s",
-                                                "steps", "wall_time_s", "simulated")})
+        row.update({k: summary.get(k) for k in _SUMMARY_FIELDS})
     row["finished_at"] = datetime.datetime.now().isoformat(timespec="seconds")
     _append_index(Path(runs_dir) / "index.csv", row)
     return row
+
+
+_SUMMARY_FIELDS = ("top1", "best_top1", "time_to_accuracy_s", "images_per_s", "steps", "wall_time_s", "simulated")
 
 
 def _append_index(path: Path, row: dict) -> None:
@@ -92,44 +233,77 @@ def _append_index(path: Path, row: dict) -> None:
         writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in INDEX_COLUMNS})
 
 
+def _index_counts(path: Path) -> tuple[int, int]:
+    """(runs, failed runs) in the whole index."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return 0, 0
+    return len(rows), sum(r.get("status") not in ("ok", "") for r in rows)
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("notebook", nargs="?", default=str(DEFAULT_NOTEBOOK),
                         help="the notebook to execute (default: notebooks/04_train.ipynb, the full training run)")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                        help="a notebook parameter, e.g. -p bn_group 8 -p allreduce torus2d (repeatable)")
+                        help="a parameter of the notebook's 'parameters' cell, e.g. -p bn_group 8 -p allreduce "
+                             "torus2d (repeatable; an unknown KEY fails before anything runs)")
     parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
                         help="run once per value (several --sweep: every combination)")
-    parser.add_argument("--name", default=None, help="run name (default: notebook name + time)")
-    parser.add_argument("--runs-dir", default="runs")
-    parser.add_argument("--kernel", default="python3")
+    parser.add_argument("--name", default=None,
+                        help="run name: the run directory is RUNS_DIR/NAME (default: notebook name + time); "
+                             "the same name resumes an unfinished run and leaves a finished one untouched")
+    parser.add_argument("--runs-dir", default="runs", help="where run directories and index.csv go (default runs)")
+    parser.add_argument("--kernel", default="python3", help="Jupyter kernel to execute with (default python3)")
 
 
 def run(args) -> int:
     base = {k: _typed(v) for k, v in args.parameter}
-    stem = args.name or Path(default_workdir(Path(args.notebook).stem)).name
     points = _sweep_points(args.sweep)
-    failed = 0
+    _check_parameters(Path(args.notebook), {**base, **points[0]})  # fail before any work
+    stem = args.name or Path(default_workdir(Path(args.notebook).stem)).name
+    failed = ran = 0
     for point in points:
         name = stem + "".join(f"-{k}={v}" for k, v in point.items())
         print(f"labkit run: {name}: {args.notebook} with {json.dumps({**base, **point}, sort_keys=True)}",
               flush=True)
-        row = run_notebook(args.notebook, {**base, **point}, name, args.runs_dir, args.kernel)
-        failed += row["status"] != "ok"
+        try:
+            row = run_notebook(args.notebook, {**base, **point}, name, args.runs_dir, args.kernel)
+        except KeyboardInterrupt:
+            resume = " ".join(["labkit", "run", *_argv_with_name(args, stem)])
+            print(interrupted_line("run", Path(args.runs_dir) / name, resume), file=sys.stderr)
+            return 130
+        failed += row["status"] == "failed"
+        ran += row["status"] != "finished"
         _print_row(row, Path(args.notebook).name)
-    print(f"index: {Path(args.runs_dir) / 'index.csv'} ({len(points)} run(s), {failed} failed)")
+    total, total_failed = _index_counts(Path(args.runs_dir) / "index.csv")
+    print(f"index: {Path(args.runs_dir) / 'index.csv'} ({total} run(s), {total_failed} failed; "
+          f"this command: {ran} run, {failed} failed)")
     return 1 if failed else 0
+
+
+def _argv_with_name(args, stem: str) -> list[str]:
+    """This command's arguments, with ``--name`` fixed so that re-running it resumes the same run."""
+    argv = list(sys.argv[2:]) if len(sys.argv) > 1 and sys.argv[1] == "run" else []
+    return argv if args.name else [*argv, "--name", stem]
 
 
 def _print_row(row: dict, notebook_name: str) -> None:
     run_dir = Path(row["run_dir"])
-    if row["status"] != "ok":
+    if row["status"] == "failed":
         print(f"  FAILED: {row['error']}\n  executed notebook (with the error): {run_dir / notebook_name}",
               file=sys.stderr)
         return
     fmt = lambda v, f: "n/a" if v in (None, "") else format(v, f)  # noqa: E731
     sim = " (simulated CPU devices: not a hardware number)" if row.get("simulated") else ""
-    print(f"  top-1 {fmt(row.get('top1'), '.4f')}; time to accuracy {fmt(row.get('time_to_accuracy_s'), '.1f')} s; "
-          f"{fmt(row.get('images_per_s'), ',.0f')} images/s{sim}")
-    print(f"  run directory: {run_dir}  (executed notebook, telemetry.jsonl, summary.json)")
+    if row["status"] == "finished":
+        print(f"  already finished: {run_dir} is left untouched (top-1 {fmt(row.get('top1'), '.4f')}); "
+              "use another --name to run it again")
+        return
+    print(f"  top-1 {fmt(row.get('top1'), '.4f')}; time to accuracy {fmt(row.get('time_to_accuracy_s'), '.1f')} s "
+          f"wall; {fmt(row.get('images_per_s'), ',.0f')} images/s steady{sim}")
+    print(f"  run directory: {run_dir}  (executed notebook, telemetry.jsonl, summary.json; kernel messages: "
+          "kernel.log)")
     if (run_dir / "dashboard.html").is_file():
         print(f"  dashboard: {run_dir / 'dashboard.html'} (static), or live: labkit dashboard {run_dir}")

@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from labkit.telemetry import read_events
 
 
@@ -46,3 +48,85 @@ def test_train_on_a_tiny_config_and_bad_override(tmp_path):
     assert summary["steps"] == 3 and summary["stopped"] == "max_steps"
     bad = _labkit("train", "--set", "bn_group=3", "--workdir", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "bn_group: 3" in bad.stderr and "allowed values: [1, 2, 4, 8]" in bad.stderr
+
+
+# A tiny run: synthetic data, 16x16, resnet_tiny; 4 steps an epoch.
+TINY = ["--set", "dataset=synthetic", "--set", "model=resnet_tiny", "--set", "image_size=16", "--set",
+        "num_classes=10", "--set", "train_images=256", "--set", "global_batch=64", "--set", "warmup_epochs=0.5",
+        "--set", "target_accuracy=0", "--set", "collective_every_steps=0", "--set", "eval_every_epochs=100"]
+
+
+def test_every_option_has_help_and_the_description_is_a_sentence():
+    import argparse
+    from labkit import cli
+
+    missing = []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*path, name])
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                missing.append((" ".join(path), action.option_strings or action.dest))
+    parser = cli._parser()
+    walk(parser, ["labkit"])
+    assert missing == []
+    description = parser.description
+    assert description[0].isupper() and description.endswith(".") and "Owns" not in description
+    assert "\n" not in description and "``" not in description
+    train = parser._subparsers._group_actions[0].choices["train"]
+    assert "labkit config keys" in next(a.help for a in train._actions if a.dest == "set")
+
+
+def test_config_keys_lists_every_key_with_allowed_values(capsys):
+    from labkit import cli
+    from labkit.config import ALLOWED, Config
+    assert cli.main(["config", "keys"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = [line.split()[0] for line in lines[1:]]
+    assert listed == Config.keys()
+    allreduce = next(line for line in lines if line.split()[0] == "allreduce")
+    assert all(a in allreduce for a in ALLOWED["allreduce"])
+
+
+def test_train_failed_start_keeps_nothing_and_bundled_data_dir_is_refused(tmp_path):
+    work = tmp_path / "w"
+    out = _labkit("train", *TINY, "--set", "dataset=tfrecords", "--set", f"data_dir={tmp_path / 'missing'}",
+                  "--workdir", str(work))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"data directory '{tmp_path / 'missing'}' does not exist" in out.stderr
+    assert not (work / "config.json").exists() and not list(work.glob("telemetry*.jsonl"))
+    bundled = _labkit("train", "--set", f"data_dir={tmp_path}", "--workdir", str(work))
+    assert bundled.returncode == 2
+    assert f"config.data_dir: '{tmp_path}' is not read by the bundled dataset 'digits'" in bundled.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_one_line_keeps_a_checkpoint_and_the_resume_continues_the_history(tmp_path):
+    import signal
+    import time
+    from labkit.dashboard import RunDirSource, training_view
+    work = tmp_path / "w"
+    cmd = [sys.executable, "-m", "labkit.cli", "train", *TINY, "--set", "epochs=50", "--workdir", str(work)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        events, _ = read_events(work) if (work / "telemetry.jsonl").exists() else ([], 0)
+        if sum(e["kind"] == "step" for e in events) >= 5:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    line = next(line for line in err.splitlines() if line.startswith("labkit train: interrupted"))
+    kept = int(line.split("checkpoint kept: step ")[1].split()[0])
+    assert kept >= 5 and f"in {work / 'checkpoints'}" in line
+    assert line.endswith(" ".join(cmd[3:]))  # the same command resumes
+    resumed = _labkit(*cmd[3:], "--max-steps", "3")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from the checkpoint at step {kept}" in resumed.stdout
+    page = training_view(RunDirSource(work), live=False)
+    steps = page.views["training"].steps.data()["step"]
+    assert steps[0] == 0 and steps[-1] == kept + 2 and set(range(kept + 3)) <= set(steps)  # the whole history

@@ -1,6 +1,7 @@
 """labkit.runs: `labkit run` executes the training notebook with papermill, sweeps, indexes, and fails clearly."""
 import csv
 import json
+import time
 
 import nbformat
 import pytest
@@ -72,3 +73,41 @@ def test_bad_parameter_fails_with_labkits_message(tmp_path, capsys):
     assert row["status"] == "failed" and "butterfly" in row["error"]
     executed = (tmp_path / "bad" / "04_train.ipynb").read_text()
     assert "config.allreduce: 'butterfly' is not allowed" in executed  # visible in the output notebook
+
+
+def test_unknown_parameter_fails_before_any_work(tmp_path, capsys):
+    t0 = time.perf_counter()
+    rc = cli.main(["run", "-p", "nonexistent_param", "1", "--name", "x", "--runs-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and time.perf_counter() - t0 < 30  # no kernel was started, nothing trained
+    assert "unknown notebook parameter(s) ['nonexistent_param'] for 04_train.ipynb; allowed:" in err
+    assert "'bn_group'" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # no run directory, no index row
+    assert cli.main(["run", "--sweep", "bn_grup=1,2", "--runs-dir", str(tmp_path)]) == 2
+    assert "['bn_grup']" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_failed_start_keeps_nothing_then_the_fix_runs_then_a_rerun_leaves_it_untouched(tmp_path, capsys):
+    missing = tmp_path / "no-such-data"
+    args = ["run", *TINY, "--name", "r", "--runs-dir", str(tmp_path)]
+    assert cli.main([*args, "-p", "dataset", "tfrecords", "-p", "data_dir", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert f"data directory '{missing}' does not exist" in err
+    run_dir = tmp_path / "r"
+    assert not (run_dir / "config.json").exists() and not list(run_dir.glob("telemetry*.jsonl"))
+
+    assert cli.main(args) == 0  # the corrected command is not refused as "a different config"
+    out = capsys.readouterr().out
+    assert "  training: resnet_tiny on digits, 7 steps" in out and "  step 6/7" in out  # progress lines
+    assert "Kernel" not in out and "tensorflow" not in out.lower()  # kernel/TF noise goes to kernel.log
+    assert "index: " in out and "(2 run(s), 1 failed; this command: 1 run, 0 failed)" in out
+    summary = (run_dir / "summary.json").read_bytes()
+    assert json.loads(summary)["stopped"] == "epochs"
+
+    t0 = time.perf_counter()
+    assert cli.main(args) == 0  # the same command again: the finished run stays untouched
+    assert time.perf_counter() - t0 < 10
+    out = capsys.readouterr().out
+    assert f"already finished: {run_dir} is left untouched" in out
+    assert (run_dir / "summary.json").read_bytes() == summary and len(_index(tmp_path)) == 2

@@ -28,19 +28,20 @@ VIEWS = {"training": TrainingView, "bn": BNView, "input": InputView, "collective
 
 
 def overview(source=None, controls=None, *, views=tuple(VIEWS), period_ms: int = 500, live: bool = True,
-             title: str | None = None) -> pn.Column:
+             title: str | None = None, static: bool = False) -> pn.Column:
     """The overview dashboard of ``source``, polling it every ``period_ms`` while ``live``.
 
     ``source``: a ``MemorySource`` / ``RunDirSource``, a ``telemetry.EventStream``, a run directory path, or None
     (this process's ``telemetry.current()``). ``controls``: a widget or list of widgets placed in the header.
     ``views``: which of ``VIEWS`` to show, in order. The returned layout carries ``.feed`` and ``.views``
-    (name -> view object, whose ``Series`` and ``ColumnDataSource`` hold what the plots show).
+    (name -> view object, whose ``Series`` and ``ColumnDataSource`` hold what the plots show). ``static``: the
+    page will be saved as HTML with no Python behind it, so its widgets are disabled and a note says so.
     In a notebook run ``pn.extension()`` once first; the page updates while a training thread emits.
     """
     unknown = [v for v in views if v not in VIEWS]
     if unknown:
         raise ValueError(f"views: unknown {unknown}; allowed: {list(VIEWS)}")
-    feed = Feed(source, period_ms=period_ms)
+    feed = Feed(source, period_ms=period_ms, static=static)
     built = {name: VIEWS[name](feed) for name in views}
     title = title or f"labkit dashboard: {feed.source.label}"
     extra = list(controls) if isinstance(controls, (list, tuple)) else [] if controls is None else [controls]
@@ -56,7 +57,7 @@ def save_snapshot(source, path: str | os.PathLike, *, title: str | None = None) 
     The Bokeh and Panel JavaScript is inlined and the data is embedded; nothing is fetched when it opens.
     """
     path = Path(path)
-    page = overview(source, live=False, title=title)
+    page = overview(source, live=False, title=title, static=True)
     for _ in range(10_000):  # a long run is read in chunks: drain it
         if not page.feed.poll():
             break

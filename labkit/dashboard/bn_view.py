@@ -4,7 +4,9 @@ Owns the BN panel, fed by ``bn_stats`` events (one per captured layer and step, 
 each ``labkit.bn.BN_STAT_FIELDS`` entry and the ``groups`` of replicas): a replica x layer heatmap of one
 deviation field at the latest captured step, each replica's deviation over steps (mean over layers), the BN
 noise over steps with one line per run (so rerunning with a larger ``bn_group`` shows the noise shrink side by
-side), and the BN groups drawn on the torus from the run's ``torus`` [X, Y].
+side), and the BN groups drawn on the torus from the run's ``torus`` [X, Y]. Per-replica lines are coloured by BN
+group (the legend says so) and keep every deviation field, so switching the field redraws, never empties, a plot.
+Layers that are not among the run's captured layers, and implausible values, are skipped and counted.
 Must not: compute batch statistics (``labkit.bn`` does); it only averages reported values for display.
 """
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import math
 
 import panel as pn
-from bokeh.models import ColumnDataSource, ColorBar, FactorRange, LinearColorMapper
+from bokeh.models import ColumnDataSource, ColorBar, FactorRange, Legend, LinearColorMapper
 from bokeh.palettes import Viridis256
 
 from labkit.dashboard.feed import Feed, number
@@ -24,6 +26,11 @@ __all__ = ["BNView", "bn_view"]
 DEVIATIONS = ("replica_vs_group", "replica_vs_running", "group_vs_running")
 _NOISE = "group_vs_running"  # the BN noise the group size controls (labkit.bn.BN_STAT_FIELDS)
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_MAX_DEVIATION = 1e6  # deviations are relative: a larger value is a broken record, skipped and counted
+
+
+def _column(replica: int, metric: str) -> str:
+    return f"r{replica}_{DEVIATIONS.index(metric)}"
 
 
 def _mean(values) -> float:
@@ -75,11 +82,13 @@ class BNView:
         self.mapper = LinearColorMapper(palette=Viridis256, low=0.0, high=1.0)
         self.fig_heat = new_figure(f"{self.metric.value} at the latest captured step (replica x layer)",
                                    height=300, x_range=FactorRange(), y_range=FactorRange(),
-                                   x_axis_label="replica", tooltips=[("replica", "@replica"), ("group", "@group"),
+                                   x_axis_label="replica", y_axis_label="BN layer", tooltips=[("replica", "@replica"), ("group", "@group"),
                                                                      ("layer", "@layer"), ("value", "@value")])
         self.fig_heat.rect("replica", "layer", 1, 1, source=self.heat, line_color=None,
                            fill_color={"field": "value", "transform": self.mapper})
-        self.fig_heat.add_layout(ColorBar(color_mapper=self.mapper, width=8), "right")
+        self.color_bar = ColorBar(color_mapper=self.mapper, width=8, title=self._bar_title(),
+                                  title_text_font_size="10px", title_text_font_style="normal")
+        self.fig_heat.add_layout(self.color_bar, "right")
         self.fig_heat.yaxis.major_label_text_font_size = "9px"
         self.fig_heat.grid.visible = False
 
@@ -91,13 +100,20 @@ class BNView:
         self.fig_torus.text("x", "y", text="label", source=self.torus, text_align="center",
                             text_baseline="middle", text_color="white", text_font_size="12px")
         self.fig_torus.y_range.flipped = True
-        self.fig_torus.axis.visible = False
+        self.fig_torus.xaxis.axis_label = "torus x (column)"
+        self.fig_torus.yaxis.axis_label = "torus y (row)"
+        self.fig_torus.axis.major_label_text_font_size = "0px"  # positions, not quantities: labels only
+        self.fig_torus.axis.major_tick_line_color = None
+        self.fig_torus.axis.minor_tick_line_color = None
         self.fig_torus.grid.visible = False
 
         self.fig_replica = new_figure(f"each replica's {self.metric.value}, mean over layers",
-                                      x_axis_label="step")
+                                      x_axis_label="step", y_axis_label="deviation (mean over layers)")
+        self.fig_replica.add_layout(Legend(title="colour = BN group", label_text_font_size="10px",
+                                           title_text_font_size="10px"), "right")
         self.fig_noise = new_figure(f"BN noise ({_NOISE}, mean over replicas and layers), one line per run",
-                                    x_axis_label="step")
+                                    x_axis_label="step", y_axis_label=f"{_NOISE} (mean)")
+        self.fig_noise.add_layout(Legend(label_text_font_size="10px"), "below")
         self._waiting = [waiting_label(self.fig_replica), waiting_label(self.fig_noise)]
 
     # --- feed callbacks --------------------------------------------------------------------------------------
@@ -106,13 +122,22 @@ class BNView:
             self._flush_pending()
             return
         self._flush_pending()
+        if self.feed.continues(event):  # a resumed run: same layers, same history
+            self._draw_torus()
+            return
         self.latest, self.layers, self._complete_layers = {}, [], set()
         if self.per_replica is not None:
             self.per_replica.clear()
         self._draw_torus()
 
     def on_events(self, by_kind: dict[str, list[dict]]) -> None:
-        events = [e for e in by_kind.get("bn_stats", []) if isinstance(e.get("layer"), str)]
+        events = []
+        for e in by_kind.get("bn_stats", []):
+            layer = e.get("layer")
+            if not isinstance(layer, str) or not layer or (self._complete_layers and layer not in self._complete_layers):
+                self.feed.count_bad("bn_stats layer")  # not one of the run's captured layers: never a new row
+                continue
+            events.append(self._clean(e))
         for e in events:
             if e.get("step") != self._pending_step:
                 self._flush_pending()
@@ -133,6 +158,18 @@ class BNView:
         if events:
             self._draw_heatmap()
 
+    def _clean(self, e: dict) -> dict:
+        """The event with each deviation list's implausible entries (NaN, inf, huge) as NaN, counted."""
+        e = dict(e)
+        for field in DEVIATIONS:
+            values = e.get(field)
+            if isinstance(values, list):
+                e[field] = [self.feed.value({field: v}, field, 0.0, _MAX_DEVIATION) for v in values]
+        return e
+
+    def _bar_title(self) -> str:
+        return f"{self.metric.value} (relative deviation)"
+
     # --- per-step traces -------------------------------------------------------------------------------------
     def _flush_pending(self) -> None:
         """A step's layers are all in: add its per-replica and noise points."""
@@ -141,14 +178,15 @@ class BNView:
         layers = list(self._pending.values())
         self._complete_layers = self._complete_layers or set(self._pending)
         step = number(layers[0], "step")
-        metric = self.metric.value
-        per_layer = [e.get(metric) for e in layers if isinstance(e.get(metric), list)]
-        replicas = max((len(v) for v in per_layer), default=0)
+        replicas = max((len(e[m]) for e in layers for m in DEVIATIONS if isinstance(e.get(m), list)), default=0)
         if replicas:
-            self._ensure_replica_lines(min(replicas, self.max_replica_lines))
+            shown = min(replicas, self.max_replica_lines)
+            self._ensure_replica_lines(shown)
             row = {"step": [step]}
-            for r in range(min(replicas, self.max_replica_lines)):
-                row[f"r{r}"] = [_mean(v[r] for v in per_layer if len(v) > r)]
+            for metric in DEVIATIONS:  # every field, so switching the field shows the whole run at once
+                per_layer = [e.get(metric) for e in layers if isinstance(e.get(metric), list)]
+                for r in range(shown):
+                    row[_column(r, metric)] = [_mean(v[r] for v in per_layer if len(v) > r)]
             self.per_replica.extend(row)
         noise = [_mean(e[_NOISE]) for e in layers if isinstance(e.get(_NOISE), list)]
         if noise:
@@ -156,17 +194,22 @@ class BNView:
         self._pending, self._pending_step = {}, None
 
     def _ensure_replica_lines(self, replicas: int) -> None:
-        if self.per_replica is not None and len(self.per_replica.columns) == replicas + 1:
+        columns = ("step", *(_column(r, m) for r in range(replicas) for m in DEVIATIONS))
+        if self.per_replica is not None and self.per_replica.columns == columns:
             return
-        self.per_replica = Series(("step", *(f"r{r}" for r in range(replicas))), max_points=self.max_points,
-                                  last_columns=("step",))
+        self.per_replica = Series(columns, max_points=self.max_points, last_columns=("step",))
         self.fig_replica.renderers = []
+        self.fig_replica.legend[0].items = []
         self._waiting[0].visible = False
         group_of = {r: gi for gi, g in enumerate(self.groups) for r in g}
         palette = colors(max(len(self.groups), 1))
         for r in range(replicas):
-            self.fig_replica.line("step", f"r{r}", source=self.per_replica.source, line_width=1.5, alpha=0.8,
-                                  color=palette[group_of.get(r, 0) % len(palette)])
+            gi = group_of.get(r)
+            members = ",".join(map(str, self.groups[gi])) if gi is not None else "?"
+            label = f"group {_group_label(gi)}: replicas {members}" if gi is not None else "no group"
+            self.fig_replica.line("step", _column(r, self.metric.value), source=self.per_replica.source,
+                                  line_width=1.5, alpha=0.8, color=palette[(gi or 0) % len(palette)],
+                                  legend_label=label)
 
     def _noise_series(self) -> Series:
         run = self.feed.runs
@@ -177,8 +220,7 @@ class BNView:
             color = colors(10)[(len(self.noise) - 1) % 10]
             self.fig_noise.line("step", "noise", source=self.noise[run].source, line_width=2, color=color,
                                 legend_label=f"run {run}: bn_group {bn_group}")
-            self.fig_noise.legend.location = "top_right"
-            self.fig_noise.legend.label_text_font_size = "10px"
+            self.fig_noise.legend.orientation = "horizontal"
         return self.noise[run]
 
     # --- drawing ---------------------------------------------------------------------------------------------
@@ -245,9 +287,10 @@ class BNView:
     def _refresh_metric(self) -> None:
         metric = self.metric.value
         self.fig_heat.title.text = f"{metric} at the latest captured step (replica x layer)"
-        self.fig_replica.title.text = f"each replica's {metric}, mean over layers (from now on)"
-        if self.per_replica is not None:
-            self.per_replica.clear()
+        self.fig_replica.title.text = f"each replica's {metric}, mean over layers"
+        self.color_bar.title = self._bar_title()
+        for r, renderer in enumerate(self.fig_replica.renderers):  # the kept columns of that field: no gap
+            renderer.glyph.y = _column(r, metric)
         if self.latest:
             self._draw_heatmap()
 

@@ -15,11 +15,14 @@ from bokeh.models import ColumnDataSource
 
 from labkit.dashboard.feed import Feed, number, to_float
 from labkit.dashboard.series import Series
-from labkit.dashboard.style import colors, new_figure, note, waiting_label
+from labkit.dashboard.style import colors, new_figure, note, outside_legend, waiting_label
 
 __all__ = ["CollectiveView", "collective_view"]
 
 _POINT_COLUMNS = ("bytes", "time_s", "busbw", "algbw", "algorithm", "replicas", "color")
+
+
+_MAX_SECONDS = 1e5  # one collective taking more than a day is a broken record, skipped and counted
 
 
 def _positive(v: float) -> bool:
@@ -59,20 +62,27 @@ class CollectiveView:
         self.fig_time = new_figure(self.feed.timing_label("all-reduce time vs payload (lines: cost model)"),
                                    x_axis_type="log", y_axis_type="log", x_axis_label="bytes per replica",
                                    y_axis_label="seconds", tooltips=tips)
+        outside_legend(self.fig_time)
         self.fig_time.multi_line("xs", "ys", source=self.curves, color="color", line_width=2, line_dash="dashed")
         self.fig_time.scatter("bytes", "time_s", source=self.points, color="color", size=7,
                               legend_field="algorithm")
         self.fig_bw = new_figure(self.feed.timing_label("bus bandwidth vs payload"), x_axis_type="log",
                                  y_axis_type="log", x_axis_label="bytes per replica", y_axis_label="busbw (B/s)",
                                  tooltips=tips)
+        outside_legend(self.fig_bw)
         self.fig_bw.scatter("bytes", "busbw", source=self.points, color="color", size=7, legend_field="algorithm")
         self.fig_train = new_figure(self.feed.timing_label("gradient all-reduce time per training step"),
                                     x_axis_label="step", y_axis_label="seconds")
-        for fig in (self.fig_time, self.fig_bw):
-            fig.legend.location = "top_left"
-            fig.legend.label_text_font_size = "10px"
+        outside_legend(self.fig_train)
         self.figures = [self.fig_time, self.fig_bw, self.fig_train]
-        self._waiting = waiting_label(self.fig_train, "waiting for collective events with source='train'")
+        self._waiting = waiting_label(self.fig_train, "waiting for collective events with source='train' "
+                                      "(config collective_every_steps)")
+        where = getattr(self.feed.source, "run_dir", None)
+        self.bench_hint = ("no measured sizes yet: run  labkit bench collectives --workdir "
+                           f"{where if where is not None else 'RUNDIR'}  to add them and the fitted cost model")
+        self._bench_waiting = [waiting_label(fig, self.bench_hint) for fig in (self.fig_time, self.fig_bw)]
+        for label in self._bench_waiting:
+            label.y = 40
 
     def _color(self, algorithm: str) -> str:
         if algorithm not in self.algorithms:
@@ -89,7 +99,7 @@ class CollectiveView:
             fig.title.text = self._label(title)
 
     def on_run(self, event: dict) -> None:
-        if event.get("phase") == "end":
+        if event.get("phase") == "end" or self.feed.continues(event):  # a resume keeps the history
             return
         for series in self.train.values():  # per-step times belong to one run; benchmark points accumulate
             series.clear()
@@ -106,19 +116,22 @@ class CollectiveView:
             if e.get("source") == "train":
                 train.setdefault(algorithm, []).append(e)
                 continue
-            size, t = number(e, "bytes"), number(e, "time_s")
+            size, t = self.feed.value(e, "bytes", 0.0), self.feed.value(e, "time_s", 0.0, _MAX_SECONDS)
             if not (_positive(size) and _positive(t)):
                 continue  # a log axis cannot show it
             for c in ("bytes", "time_s", "busbw", "algbw", "replicas"):
-                bench[c].append(number(e, c))
+                bench[c].append(self.feed.value(e, c, 0.0))
             bench["algorithm"].append(algorithm)
             bench["color"].append(self._color(algorithm))
         if bench["bytes"]:
+            for label in self._bench_waiting:
+                label.visible = False
             self.bench_count += len(bench["bytes"])
             self.points.stream(bench, rollover=self.max_points)
         for algorithm, events in train.items():
             self._train_series(algorithm).extend({"step": [number(e, "step") for e in events],
-                                                  "time_s": [number(e, "time_s") for e in events]})
+                                                  "time_s": [self.feed.value(e, "time_s", 0.0, _MAX_SECONDS)
+                                                             for e in events]})
         models = by_kind.get("cost_model", [])
         for e in models:
             if isinstance(e.get("bytes"), list) and isinstance(e.get("time_s"), list):
@@ -133,7 +146,6 @@ class CollectiveView:
             self.train[algorithm] = Series(("step", "time_s"), max_points=self.max_steps, last_columns=("step",))
             self.fig_train.line("step", "time_s", source=self.train[algorithm].source, line_width=1.5,
                                 color=self._color(algorithm), legend_label=algorithm)
-            self.fig_train.legend.label_text_font_size = "10px"
         return self.train[algorithm]
 
     def _draw_models(self) -> None:

@@ -3,12 +3,16 @@
 Owns ``Feed``: it opens a reader on a source, polls it from a Panel periodic callback (in a ``panel serve``
 session, on the session's event loop with the document lock held; in a Jupyter kernel, on the kernel's loop,
 then pushes the changes to the notebook), keeps the run's description from its ``run`` events (torus, BN group,
-backend, ``simulated``) and shows a status line: why there is no data yet, and what was skipped and counted.
+backend, ``simulated``; a resumed run's start continues the same run, so its whole history stays on the page)
+and shows a status line: why there is no data yet, and what was skipped and counted (torn lines, unknown kinds,
+and implausible values: NaN, 1e30 images/s, unknown layer names, which are never plotted). The header shows the
+loop's own summary fields (``time_to_accuracy_s``, ``images_per_s``): pages display them, never recompute them.
 Training never waits for a page: writers only append to telemetry; the feed pulls when it can.
 Must not: compute statistics or reach into training internals; a failing view is counted, never fatal.
 """
 from __future__ import annotations
 
+import collections
 import html
 import math
 import time
@@ -21,6 +25,13 @@ from labkit.dashboard.sources import as_source
 __all__ = ["Feed", "SIMULATED_NOTE"]
 
 SIMULATED_NOTE = "simulated CPU devices: timings are simulation, not hardware"
+_LIMIT = 1e15  # no reported quantity (images/s, seconds, bytes/s, loss) is plausibly larger
+
+
+def _static_note() -> pn.pane.HTML:
+    return pn.pane.HTML('<div style="color:#6b7280;font-size:90%">static snapshot: the controls are disabled '
+                        "(no Python behind this page); <code>labkit dashboard RUNDIR</code> serves the live, "
+                        "interactive page</div>", sizing_mode="stretch_width", margin=(0, 10))
 
 
 def number(event: dict, field: str) -> float:
@@ -45,7 +56,8 @@ class Feed:
     start time (wall-time axes count from it).
     """
 
-    def __init__(self, source=None, *, period_ms: int = 500, catch_up_s: float = 0.2):
+    def __init__(self, source=None, *, period_ms: int = 500, catch_up_s: float = 0.2, static: bool = False,
+                 title: str | None = None):
         self.source = as_source(source)
         self.catch_up_s = catch_up_s
         self.reader = self.source.open()
@@ -58,6 +70,9 @@ class Feed:
         self.view_errors = 0
         self.last_error = ""
         self.polls = 0
+        self.static = static  # a saved snapshot: no Python behind the page, so its widgets are disabled
+        self.title = title
+        self.bad_values: collections.Counter[str] = collections.Counter()  # field -> implausible values skipped
         self.callback = None
         self._roots: list = []
         self.status = pn.pane.HTML("", sizing_mode="stretch_width", margin=(0, 10))
@@ -80,8 +95,35 @@ class Feed:
         """A plot title, marked as simulation when the run says its timings come from simulated devices."""
         return f"{title} (simulation)" if self.simulated else title
 
+    def value(self, event: dict, field: str, lo: float = -_LIMIT, hi: float = _LIMIT) -> float:
+        """A numeric field for plotting: NaN when missing; NaN *and counted* when present but not a finite
+        number within [lo, hi] (a NaN, an overflowed rate), so that one bad value never stretches an axis."""
+        raw = event.get(field)
+        if raw is None:
+            return float("nan")
+        v = to_float(raw)
+        if not (math.isfinite(v) and lo <= v <= hi):
+            self.bad_values[field] += 1
+            return float("nan")
+        return v
+
+    def count_bad(self, field: str, n: int = 1) -> None:
+        """Count ``n`` values of ``field`` that a view skipped as implausible (shown in the status line)."""
+        self.bad_values[field] += n
+
+    @staticmethod
+    def continues(event: dict) -> bool:
+        """True for the start event of a resumed run: it continues the run on the page, it does not replace it."""
+        resumed = event.get("resumed_from")
+        return event.get("phase") != "end" and isinstance(resumed, int) and not isinstance(resumed, bool) \
+            and resumed > 0
+
     def wall(self, event: dict) -> float:
-        """Seconds since the current run started (or since the first event seen)."""
+        """Wall seconds of the run at this event: the loop's own ``wall_s`` (counted across resumes) when the
+        event carries it, else seconds since the current run's start event (or the first event seen)."""
+        own = to_float(event.get("wall_s"))
+        if math.isfinite(own) and own >= 0:
+            return own
         t = number(event, "time")
         if self.t0 is None and math.isfinite(t):
             self.t0 = t
@@ -96,14 +138,23 @@ class Feed:
 
         The page carries ``.feed`` (this feed) and ``.views``; with ``live`` it polls every ``period_ms``.
         """
-        parts = [header] if header is not None else []
-        parts += [self.run_info, self.status]
+        if header is None:  # a single view (``labkit dashboard --view``): still a titled page
+            name = " and ".join(views)
+            title = self.title or f"labkit {name} view: {self.source.label}"
+            header = pn.pane.HTML(f'<h2 style="margin:4px 0">{html.escape(title)}</h2>', margin=(5, 10),
+                                  sizing_mode="stretch_width")
+        parts = [header, self.run_info, self.status]
+        if self.static:
+            parts.append(_static_note())
         for i, view in enumerate(views.values()):
             if i:
                 parts.append(pn.layout.Divider(margin=(4, 10)))
             parts.append(view.panel)
         root = pn.Column(*parts, sizing_mode="stretch_width")
         root.feed, root.views = self, dict(views)
+        if self.static:
+            for widget in root.select(pn.widgets.Widget):
+                widget.disabled = True
         return self.attach(root, live=live)
 
     def attach(self, root, *, live: bool = True):
@@ -173,6 +224,8 @@ class Feed:
     def _on_run(self, event: dict) -> None:
         if event.get("phase") == "end":
             self.run_end = event
+        elif self.continues(event) and self.run_start is not None:
+            self.run_start, self.run_end = event, None  # same run, same wall-time origin, same line per run
         else:
             self.run_start, self.run_end = event, None
             self.runs += 1
@@ -231,19 +284,37 @@ class Feed:
             parts.append(f"run {self.runs} in this stream")
         if self.run_end is not None:
             error = self.run_end.get("error")
-            parts.append(f'<span style="color:#b91c1c">ended: {html.escape(str(error))}</span>' if error else "finished")
+            parts.append(f'<span style="color:#b91c1c">ended: {html.escape(str(error))}</span>' if error
+                         else self._end_summary())
         text = " &middot; ".join(parts)
         if self.simulated:
             text += f' &nbsp;<span style="color:#b45309">({SIMULATED_NOTE})</span>'
         self.run_info.object = f"<div>{text}</div>" if text else ""
 
+    def _end_summary(self) -> str:
+        """The loop's own numbers from the run end event (summary.json's fields), as reported."""
+        e, sim = self.run_end or {}, " (simulation)" if self.simulated else ""
+        parts = [f"finished ({html.escape(str(e['stopped']))})" if e.get("stopped") else "finished"]
+        top1, tta, ips = number(e, "top1"), number(e, "time_to_accuracy_s"), number(e, "images_per_s")
+        if math.isfinite(top1):
+            parts.append(f"top-1 {top1:.4f}")
+        if math.isfinite(tta):
+            parts.append(f"time to accuracy {tta:,.1f} s wall{sim}")
+        if math.isfinite(ips) and 0 < ips < _LIMIT:
+            parts.append(f"{ips:,.0f} images/s steady{sim}")
+        return " &middot; ".join(parts)
+
     def _render_status(self) -> None:
         r = self.reader
         color = "#6b7280"
         if not r.seen and r.status:
-            text, color = f"&#9203; {html.escape(r.status)}", "#b45309"
+            text, color = f"waiting: {html.escape(r.status)}", "#b45309"
         else:
             text = f"{html.escape(self.source.label)}: {html.escape(r.summary())}"
+        if self.bad_values:
+            n = sum(self.bad_values.values())
+            fields = ", ".join(f"{k} x{v}" for k, v in sorted(self.bad_values.items()))
+            text += f"; {n:,} implausible value{'s' * (n != 1)} skipped ({html.escape(fields)})"
         if self.view_errors:
             text += f"; {self.view_errors} malformed event batch(es) not shown (last: {html.escape(self.last_error)})"
         elif self.last_error:

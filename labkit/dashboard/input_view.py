@@ -15,7 +15,7 @@ from bokeh.models import ColumnDataSource, FactorRange
 
 from labkit.dashboard.feed import Feed, number
 from labkit.dashboard.series import Series
-from labkit.dashboard.style import colors, new_figure, note, waiting_label
+from labkit.dashboard.style import colors, new_figure, note, outside_legend, waiting_label
 
 __all__ = ["InputView", "input_view"]
 
@@ -49,21 +49,24 @@ class InputView:
         self.fig_depth = new_figure("prefetch queue depth (dashed: capacity)", x_axis_label="wall time (s)",
                                     y_axis_label="batches")
         self.fig_wait = new_figure(self.feed.timing_label("consumer wait per step"), x_axis_label="step",
-                                   y_axis_label="seconds")
+                                   y_axis_label="wait (s)")
         self.fig_rate = new_figure(self.feed.timing_label("images/s produced (solid) and consumed (dashed)"),
                                    x_axis_label="wall time (s)", y_axis_label="images/s")
         self.fig_bound = new_figure("input-bound share of steps: whole run (bar), last steps (dot)",
-                                    x_range=FactorRange(), y_range=(0, 1.05), y_axis_label="fraction",
+                                    x_range=FactorRange(), y_range=(0, 1.05), x_axis_label="host",
+                                    y_axis_label="fraction of steps",
                                     tooltips=[("host", "@host"), ("whole run", "@whole_run{0.0%}"),
                                               ("recent", "@recent{0.0%}"), ("steps", "@steps"),
                                               ("skipped records", "@skipped")])
         self.fig_bound.vbar("host", 0.6, "whole_run", source=self.bound, color="#f59e0b")
         self.fig_bound.scatter("host", "recent", source=self.bound, size=10, color="#b91c1c")
         self.figures = [self.fig_depth, self.fig_wait, self.fig_rate, self.fig_bound]
+        for fig in self.figures[:3]:
+            outside_legend(fig)
         self._waiting = [waiting_label(f) for f in self.figures[:3]]
 
     def on_run(self, event: dict) -> None:
-        if event.get("phase") == "end":
+        if event.get("phase") == "end" or self.feed.continues(event):  # a resume keeps the history
             return
         for series in self.hosts.values():
             series.clear()
@@ -81,7 +84,7 @@ class InputView:
         for host, events in sorted(per_host.items()):
             self._series(host).extend({
                 "t": [self.feed.wall(e) for e in events], "step": [number(e, "step") for e in events],
-                **{c: [number(e, c) for e in events] for c in _COLUMNS[2:]}})
+                **{c: [self.feed.value(e, c, 0.0) for e in events] for c in _COLUMNS[2:]}})
             total = self.bound_total.setdefault(host, [0, 0])
             recent = self.bound_recent.setdefault(host, collections.deque(maxlen=self.window))
             for e in events:
@@ -108,9 +111,6 @@ class InputView:
             self.fig_wait.line("step", "wait_s", source=src, color=color, line_width=1.5, legend_label=label)
             self.fig_rate.line("t", "images_per_s_in", source=src, color=color, line_width=2, legend_label=label)
             self.fig_rate.line("t", "images_per_s_out", source=src, color=color, line_width=2, line_dash="dashed")
-            for fig in (self.fig_depth, self.fig_wait, self.fig_rate):
-                fig.legend.label_text_font_size = "10px"
-                fig.legend.location = "top_left"
         return self.hosts[host]
 
     def _draw_bound(self) -> None:

@@ -51,20 +51,41 @@ def _free_port(address: str) -> int:
         return s.getsockname()[1]
 
 
+def _check_port(address: str, port: int) -> int:
+    """The port to serve on: ``port`` if it is valid and free, a free one for 0; else a one-line ValueError."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port: {port} is not a TCP port; allowed: 1-65535, or 0 for a free one")
+    try:
+        with socket.socket() as s:
+            s.bind((address, port))
+            return s.getsockname()[1]
+    except OSError as e:
+        why = "is already in use" if e.errno in (98, 48, 10048) else f"cannot be opened ({e.strerror})"
+        raise ValueError(f"--port: {address}:{port} {why}; allowed: a free port, or --port 0 to pick one "
+                         "(another labkit dashboard may be running)") from None
+
+
 def run(args) -> int:
     run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        print(f"labkit dashboard: {run_dir} is not a directory (yet); the page says so and waits for "
-              f"{run_dir / 'telemetry.jsonl'}", file=sys.stderr)
     if args.save:
+        from labkit import telemetry
         from labkit.dashboard import RunDirSource, save_snapshot
+        if not run_dir.is_dir() or not telemetry.telemetry_files(run_dir):
+            what = "does not exist" if not run_dir.exists() else (
+                "is not a directory" if not run_dir.is_dir() else "holds no telemetry*.jsonl")
+            raise ValueError(f"--save: run directory {str(run_dir)!r} {what}, so there is nothing to save; "
+                             "allowed: a run directory holding telemetry.jsonl (serve a run that has not "
+                             "started yet without --save: the page waits for it)")
         path = save_snapshot(RunDirSource(run_dir), args.save, title=f"labkit dashboard: {run_dir}")
         print(f"labkit dashboard: wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, self-contained)")
         return 0
+    if not run_dir.is_dir():
+        print(f"labkit dashboard: {run_dir} is not a directory (yet); the page says so and waits for "
+              f"{run_dir / 'telemetry.jsonl'}", file=sys.stderr)
     if args.period_ms < 50:
         raise ValueError(f"--period-ms: {args.period_ms} is too fast to be useful; allowed: >= 50")
     import panel as pn
-    port = args.port or _free_port(args.address)
+    port = _check_port(args.address, args.port)
     print(f"labkit dashboard: serving {run_dir} at http://{args.address}:{port}/ (Ctrl-C stops)", flush=True)
     pn.serve({"/": make_app(run_dir, view=args.view, period_ms=args.period_ms)}, port=port, address=args.address,
              websocket_origin=[f"{args.address}:{port}", f"localhost:{port}"], show=args.show,

@@ -4,12 +4,12 @@ Owns small constructors so the four views look alike. Must not: read events or h
 """
 from __future__ import annotations
 
-from bokeh.models import Label
+from bokeh.models import Label, Legend
 from bokeh.palettes import Category10_10, Turbo256
 from bokeh.plotting import figure
 import panel as pn
 
-__all__ = ["new_figure", "colors", "note", "waiting_label"]
+__all__ = ["new_figure", "colors", "note", "waiting_label", "outside_legend"]
 
 _TOOLS = "pan,wheel_zoom,box_zoom,reset,save,hover"
 
@@ -24,6 +24,15 @@ def new_figure(title: str, *, height: int = 230, x_axis_label: str | None = None
     fig.toolbar.logo = None
     fig.min_border_left = 50
     return fig
+
+
+def outside_legend(fig, place: str = "below", **kwargs) -> Legend:
+    """An (empty) legend beside the plot area, never over the data; glyphs added later with ``legend_label`` or
+    ``legend_field`` fill it."""
+    legend = Legend(label_text_font_size="10px", orientation="horizontal" if place in ("below", "above")
+                    else "vertical", **kwargs)
+    fig.add_layout(legend, place)
+    return legend
 
 
 def colors(n: int) -> list[str]:

@@ -1,9 +1,11 @@
 """dashboard.training_view: loss, learning rate, accuracy and images/s of the current run, live.
 
-Owns the training panel: ``step`` events as lines over steps or wall time (a toggle), ``eval`` events as points,
-and the time-to-accuracy marker (the first evaluation at or above the target, or the run end's
-``time_to_accuracy_s``). Compile steps are left out of images/s. Timings are labelled simulation when the run
-says so. Must not: compute metrics the training loop reports (it only reads and downsamples them for display).
+Owns the training panel: ``step`` events as lines over steps or the loop's wall seconds (a toggle), ``eval``
+events as points, and the time-to-accuracy marker. Time to accuracy and images/s are the loop's own fields
+(``time_to_accuracy_s`` of the eval / run-end events, ``images_per_s`` of step events and the run end), shown as
+reported; for a target other than the run's, the marker sits at the first evaluation at or above it. Compile
+steps are left out of images/s. Timings are labelled simulation when the run says so.
+Must not: compute metrics the training loop reports (it only reads and downsamples them for display).
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ __all__ = ["TrainingView", "training_view"]
 
 _TARGET_FIELDS = ("target_top1", "target_accuracy", "target")  # where a run start may state its target
 _DEFAULT_TARGET = 0.75
-_X = {"step": ("step", "step"), "wall time": ("t", "wall time since run start (s)")}
+_X = {"step": ("step", "step"), "wall time": ("t", "wall time since the run's first start (s)")}
+_MAX_IMAGES_PER_S = 1e9  # more than any machine: a larger value is a broken record, skipped and counted
 
 
 class TrainingView:
@@ -39,6 +42,8 @@ class TrainingView:
         self.readout = note("no step events yet: a training run reports one per step")
         self.tta_text = note("")
         self.tta: tuple[float, float] | None = None  # (step, seconds) where the target was first reached
+        self.reported_tta: tuple[float, float] | None = None  # (step, time_to_accuracy_s) from an eval event
+        self.run_target: float | None = None
         self._latest: dict | None = None
         self._build_figures()
         self.target.param.watch(lambda _e: self._update_tta(), "value")
@@ -53,10 +58,11 @@ class TrainingView:
 
     def _build_figures(self) -> None:
         src, ev = self.steps.source, self.evals.source
-        self.fig_loss = new_figure("loss", y_axis_label="loss")
-        self.fig_acc = new_figure("accuracy: train (line), eval top-1 (dots)", y_axis_label="accuracy")
-        self.fig_lr = new_figure("learning rate", y_axis_label="lr")
-        self.fig_ips = new_figure(self.feed.timing_label("images/s (compile steps left out)"),
+        self.fig_loss = new_figure("loss", x_axis_label="step", y_axis_label="loss (cross-entropy)")
+        self.fig_acc = new_figure("accuracy: train (line), eval top-1 (dots)", x_axis_label="step",
+                                  y_axis_label="accuracy (fraction)")
+        self.fig_lr = new_figure("learning rate", x_axis_label="step", y_axis_label="learning rate")
+        self.fig_ips = new_figure(self.feed.timing_label("images/s (compile steps left out)"), x_axis_label="step",
                                   y_axis_label="images/s")
         self.renderers = [
             self.fig_loss.line("step", "loss", source=src, line_width=2, color="#1f77b4"),
@@ -79,35 +85,43 @@ class TrainingView:
         if event.get("phase") == "end":
             self._update_tta()
             return
-        self.steps.clear()
-        self.evals.clear()
-        self._latest = None
+        if not self.feed.continues(event):  # a resumed run keeps its history on the page
+            self.steps.clear()
+            self.evals.clear()
+            self._latest, self.reported_tta = None, None
         self.fig_ips.title.text = self.feed.timing_label("images/s (compile steps left out)")
         config = event.get("config") if isinstance(event.get("config"), dict) else {}
         for field in _TARGET_FIELDS:  # the run's own target (top level or in its config) wins over the default
             value = number(event, field) if field in event else number(config, field)
             if 0 < value <= 1:
-                self.target.value = value
+                self.target.value = self.run_target = value
                 break
         self._update_tta()
 
     def on_events(self, by_kind: dict[str, list[dict]]) -> None:
         steps = by_kind.get("step", [])
+        value = self.feed.value
         if steps:
             self.steps.extend({
                 "step": [number(e, "step") for e in steps],
                 "t": [self.feed.wall(e) for e in steps],
-                "loss": [number(e, "loss") for e in steps],
-                "accuracy": [number(e, "accuracy") for e in steps],
-                "lr": [number(e, "lr") for e in steps],
-                "images_per_s": [float("nan") if e.get("compile") else number(e, "images_per_s") for e in steps],
+                "loss": [value(e, "loss", 0.0) for e in steps],
+                "accuracy": [value(e, "accuracy", 0.0, 1.0) for e in steps],
+                "lr": [value(e, "lr", 0.0) for e in steps],
+                "images_per_s": [float("nan") if e.get("compile") else value(e, "images_per_s", 0.0, _MAX_IMAGES_PER_S)
+                                 for e in steps],
             })
             self._latest = steps[-1]
             self._update_readout()
         evals = by_kind.get("eval", [])
         if evals:
             self.evals.extend({"step": [number(e, "step") for e in evals], "t": [self.feed.wall(e) for e in evals],
-                               "top1": [number(e, "top1") for e in evals], "top5": [number(e, "top5") for e in evals]})
+                               "top1": [value(e, "top1", 0.0, 1.0) for e in evals],
+                               "top5": [value(e, "top5", 0.0, 1.0) for e in evals]})
+            for e in evals:  # the loop says when its target was reached: the first eval carrying the time
+                tta = number(e, "time_to_accuracy_s")
+                if self.reported_tta is None and math.isfinite(tta):
+                    self.reported_tta = (number(e, "step"), tta)
             self._update_tta()
 
     # --- display ---------------------------------------------------------------------------------------------
@@ -119,8 +133,9 @@ class TrainingView:
             if math.isfinite(v):
                 parts.append(f"{field} {v:{fmt}}")
         v = number(e, "images_per_s")
-        if math.isfinite(v):
-            parts.append(f"{v:,.0f} images/s" + (" (simulation)" if self.feed.simulated else ""))
+        if math.isfinite(v) and 0 < v <= _MAX_IMAGES_PER_S and not e.get("compile"):
+            parts.append(f"{v:,.0f} images/s steady since the last log point"
+                         + (" (simulation)" if self.feed.simulated else ""))
         if self.steps.stride > 1:
             parts.append(f"plots show means of {self.steps.stride} steps per point")
         self.readout.object = f'<div style="font-size:90%">{" &middot; ".join(parts)}</div>'
@@ -130,18 +145,23 @@ class TrainingView:
         self.target_line.location = target
         data = self.evals.data()
         self.tta = None
-        for step, t, top1 in zip(data["step"], data["t"], data["top1"]):
-            if top1 >= target:
-                self.tta = (step, t)
-                break
+        first = next(((step, t) for step, t, top1 in zip(data["step"], data["t"], data["top1"]) if top1 >= target),
+                     None)
         end = self.feed.run_end or {}
         reported = number(end, "time_to_accuracy_s")
         sim = " (simulation)" if self.feed.simulated else ""
-        if self.tta is not None:
-            text = f"time to {target:.1%} top-1: {self.tta[1]:,.1f} s{sim}, step {self.tta[0]:,.0f}"
-        elif math.isfinite(reported):
-            self.tta = (float("nan"), reported)
-            text = f"time to accuracy (reported at run end): {reported:,.1f} s{sim}"
+        own_target = self.run_target is None or abs(target - self.run_target) < 1e-9
+        if own_target and self.reported_tta is not None:  # the loop's time_to_accuracy_s, as reported
+            step, seconds = self.reported_tta
+            self.tta = (step, first[1] if first and first[0] == step else seconds)
+            text = (f"time to {target:.1%} top-1: {seconds:,.1f} s{sim}, wall time from the first start "
+                    f"(the loop's time_to_accuracy_s), step {step:,.0f}")
+        elif own_target and math.isfinite(reported):
+            self.tta = (first[0] if first else float("nan"), first[1] if first else reported)
+            text = f"time to accuracy (reported at run end): {reported:,.1f} s{sim}, wall time from the first start"
+        elif first is not None:
+            self.tta = first
+            text = f"first eval at or above {target:.1%} top-1: step {first[0]:,.0f}"
         elif data["top1"]:
             best = max(range(len(data["top1"])), key=lambda i: data["top1"][i])
             text = (f"{target:.1%} top-1 not reached yet: best eval {data['top1'][best]:.1%} "

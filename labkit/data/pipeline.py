@@ -108,7 +108,8 @@ def resolve_files(data, split: str) -> tuple[list[str], dict]:
     if data in bundled.DATASETS and not os.path.exists(data):
         data = str(bundled.prepare(data))
     files = tfrecords.list_files(data, split)
-    schema["num_classes"] = tfrecords.read_info(os.path.dirname(files[0])).get("num_classes")
+    info = tfrecords.read_info(os.path.dirname(files[0]))  # the data set's own metadata, where it has some
+    schema["num_classes"], schema["label_offset"] = info.get("num_classes"), info.get("label_offset")
     return files, schema
 
 
