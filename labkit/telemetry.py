@@ -2,7 +2,9 @@
 
 Owns event records, their sinks (a thread-safe in-memory ring buffer and an append-only JSONL file per host),
 and readers that follow a file live while another process writes it. Emitting never blocks on I/O: JSON encoding
-and writing happen on a background thread. Must not: compute statistics, or reach into training internals.
+and writing happen on a background thread. Files go through ``labkit.storage``, so a run directory may be a
+``gs://`` URL: there the file is rewritten every ``storage.APPEND_INTERVAL_S`` seconds (objects cannot be
+appended to) and on ``flush``/``close``. Must not: compute statistics, or reach into training internals.
 
 Event record: ``{"kind": str, "time": unix seconds, "step": int | None, "host": process index, "seq": n, ...}``.
 """
@@ -17,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from labkit import storage
+
 __all__ = ["KINDS", "register_kind", "EventStream", "emit", "current", "use", "open_run",
            "JsonlFollower", "read_events", "telemetry_files"]
 
@@ -24,10 +28,19 @@ __all__ = ["KINDS", "register_kind", "EventStream", "emit", "current", "use", "o
 # tolerate missing ones.
 KINDS: dict[str, str] = {
     "run": "a run starts or ends. phase='start': config fields, replicas, torus [X, Y], bn_group, backend, "
-           "simulated (bool), devices (label). phase='end': summary fields (e.g. top1, time_to_accuracy_s, images_per_s)",
-    "step": "one training step: loss, accuracy, lr, images_per_s, step_time_s, input_wait_s, "
-            "compile (bool: includes compilation)",
-    "eval": "an evaluation: top1, top5, count (images evaluated), eval_time_s",
+           "simulated (bool), devices (label), steps_per_loop. phase='end': the summary (summary.json): top1, images_per_s "
+           "(steady-state: images over the device-synchronised windows between host reads that did not compile, "
+           "evaluations and checkpoint writes left out), images_per_s_wall (all images / all wall time), "
+           "wall_time_s and time_to_accuracy_s (wall seconds from the run's FIRST start, resumes included; None "
+           "until reached), train_time_s, compile_time_s, flops_per_step_per_device, peak_flops_per_device, mfu "
+           "(None with mfu_reason when the peak or FLOPs are unknown); or error",
+    "step": "a host read of the training window (at log_every_steps and at every other host point: BN export, "
+            "collective timing, evaluation, checkpoint, end); step = the window's last step: loss, accuracy (of "
+            "that step), lr, steps (in the window), images_per_s (steady rate over the window since the previous "
+            "step event; None when the window compiled), step_time_s (window seconds / steps), window_s, "
+            "input_wait_s (summed over the window), compile (bool), wall_s (seconds since the run's first start)",
+    "eval": "an evaluation: top1, top5, count (images evaluated), eval_time_s, wall_s (seconds since the run's "
+            "first start), time_to_accuracy_s (None until the target is reached)",
     "bn_stats": "one BN layer's per-replica statistics: layer (path), groups (replica ids per BN group), and "
                 "one list per labkit.bn.BN_STAT_FIELDS entry with a value per replica",
     "input_queue": "one host's prefetch-to-device queue at a consumer step: depth, capacity, wait_s (consumer "
@@ -37,6 +50,10 @@ KINDS: dict[str, str] = {
                   "(bytes/s, nccl-tests definitions), replicas, source ('bench' | 'train')",
     "cost_model": "a fitted collective cost model: algorithm, alpha_s, beta_s_per_byte, and the predicted curve "
                   "as lists bytes / time_s (dashboards plot it; they do not evaluate the model)",
+    "step_breakdown": "where a step's time goes, from a jax.profiler trace of a few steps (labkit.profile): "
+                      "step_s, seconds and fractions (dicts over compute, bn_collectives, gradient_allreduce, "
+                      "other_collectives, input_wait, host), overlap_s, collective_ops (ops per category), steps, "
+                      "devices, model, global_batch, bn_group, allreduce, replicas, simulated (bool)",
 }
 
 
@@ -47,10 +64,11 @@ def register_kind(kind: str, doc: str) -> None:
     KINDS[kind] = doc
 
 
-def telemetry_files(run_dir: str | os.PathLike) -> list[Path]:
-    """The JSONL files of a run directory: one per host (host 0 writes ``telemetry.jsonl``)."""
-    run_dir = Path(run_dir)
-    return sorted(run_dir.glob("telemetry*.jsonl"))
+def telemetry_files(run_dir: str | os.PathLike) -> list[Path | str]:
+    """The JSONL files of a run directory, one per host (host 0 writes ``telemetry.jsonl``): ``Path``s for a
+    local directory, URL strings for a ``gs://`` one."""
+    files = storage.glob(storage.join(run_dir, "telemetry*.jsonl"))
+    return files if storage.is_url(run_dir) else [Path(f) for f in files]
 
 
 def _file_name(host: int) -> str:
@@ -82,8 +100,9 @@ class EventStream:
         self._lock = threading.Lock()
         self._ring: collections.deque[dict] = collections.deque(maxlen=capacity)
         self._seq = 0
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.path: Path | None = None
+        self.run_dir = None if run_dir is None else run_dir if storage.is_url(run_dir) else Path(run_dir)
+        self.path: Path | str | None = None
+        self._sink = None
         self._queue: queue.Queue | None = None
         self._writer: threading.Thread | None = None
         self.write_errors = 0
@@ -135,6 +154,8 @@ class EventStream:
         deadline = time.monotonic() + timeout
         while self._queue.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.005)
+        if self._sink is not None and hasattr(self._sink, "pending"):  # an object store: upload now
+            self._sink.flush(force=True)
 
     def close(self) -> None:
         self.flush()
@@ -144,22 +165,27 @@ class EventStream:
             self._queue, self._writer = None, None
 
     def _start_writer(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.run_dir / _file_name(self.host)
+        storage.makedirs(self.run_dir)
+        self.path = storage.join(self.run_dir, _file_name(self.host))
+        if not storage.is_url(self.path):
+            self.path = Path(self.path)
         self._queue = queue.Queue()
         self._writer = threading.Thread(target=self._write_loop, args=(self.path, self._queue),
                                         name="labkit-telemetry-writer", daemon=True)
         self._writer.start()
 
-    def _write_loop(self, path: Path, q: queue.Queue) -> None:
-        with open(path, "ab") as f:
-            if f.tell() > 0:
-                with open(path, "rb") as r:  # a killed writer may have left a torn line: close it off
-                    r.seek(-1, os.SEEK_END)
-                    if r.read(1) != b"\n":
-                        f.write(b"\n")
+    def _write_loop(self, path, q: queue.Queue) -> None:
+        with storage.open_append(path) as f:
+            self._sink = f
+            if f.tell() > 0:  # a killed writer may have left a torn line: close it off
+                if storage.read_range(path, f.tell() - 1)[1] != b"\n":
+                    f.write(b"\n")
             while True:
-                item = q.get()
+                try:  # an object store uploads on a timer: wake up to upload what is buffered
+                    item = q.get(timeout=storage.APPEND_INTERVAL_S if hasattr(f, "pending") else None)
+                except queue.Empty:
+                    f.flush()
+                    continue
                 batch = [item]
                 while item is not None and not q.empty():  # drain what is waiting: one write, one flush
                     item = q.get()
@@ -189,7 +215,7 @@ class JsonlFollower:
     """
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+        self.path = path if storage.is_url(path) else Path(path)
         self.skipped = 0
         self._offset = 0
         self._partial = b""
@@ -197,12 +223,10 @@ class JsonlFollower:
     def poll(self, max_bytes: int | None = 64 << 20) -> list[dict]:
         """New complete events since the last poll (reads at most ``max_bytes``; None = to the end)."""
         try:
-            with open(self.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size < self._offset:  # truncated or replaced: start over
-                    self._offset, self._partial = 0, b""
-                f.seek(self._offset)
-                data = f.read(-1 if max_bytes is None else max_bytes)
+            size, data = storage.read_range(self.path, self._offset, max_bytes)
+            if size < self._offset:  # truncated or replaced: start over
+                self._offset, self._partial = 0, b""
+                size, data = storage.read_range(self.path, 0, max_bytes)
         except FileNotFoundError:
             return []
         self._offset += len(data)
@@ -226,8 +250,7 @@ class JsonlFollower:
 
 def read_events(path: str | os.PathLike) -> tuple[list[dict], int]:
     """Every complete event of a JSONL file (or of all hosts' files in a run directory), and the skipped count."""
-    path = Path(path)
-    files = telemetry_files(path) if path.is_dir() else [path]
+    files = telemetry_files(path) if storage.isdir(path) else [path]
     events, skipped = [], 0
     for file in files:
         follower = JsonlFollower(file)
