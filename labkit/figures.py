@@ -14,7 +14,7 @@ import io
 from typing import Iterable, Sequence
 
 __all__ = ["Plot", "torus_groups", "bn_noise", "input_ladder", "feed_demo", "collective_sweep",
-           "torus_phases", "training_curves", "pod_projection"]
+           "torus_phases", "training_curves", "pod_projection", "step_breakdown"]
 
 _COLORS = ["#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb", "#000000"]
 
@@ -219,3 +219,19 @@ def pod_projection(rows: Sequence[dict], *, measured_step_s: float | None = None
     ax.set_xlim(0, max(left + [measured_step_s * 1e3 if measured_step_s else 0]) * 1.15 or 1)
     return Plot(fig, "pod projection")
 
+
+
+def step_breakdown(breakdown: dict, *, label: str = "") -> Plot:
+    """One horizontal stacked bar: a step's mean seconds by category (``labkit.profile.step_breakdown``)."""
+    fig, ax = _figure(width=8.0, height=1.9)
+    left = 0.0
+    for k, (cat, sec) in enumerate(breakdown["seconds"].items()):
+        if sec <= 0:
+            continue
+        ax.barh([0], [sec * 1e3], left=left, color=_COLORS[k % len(_COLORS)],
+                label=f"{cat} {breakdown['fractions'][cat]:.0%}")
+        left += sec * 1e3
+    ax.set_yticks([]), ax.set_xlabel("ms per step (mean over the traced steps)")
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.45))
+    ax.set_title(f"where a step's time goes (jax.profiler){(' · ' + label) if label else ''}", fontsize=9)
+    return Plot(fig, "step breakdown")

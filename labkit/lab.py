@@ -12,7 +12,7 @@ import os
 import time
 
 __all__ = ["Env", "setup", "bn_exactness", "bn_group_sweep", "bn_collectives", "feed_demo", "input_ladder",
-           "torus_phases", "resnet50_bn_layers", "pod_projection"]
+           "torus_phases", "allreduce_collectives", "resnet50_bn_layers", "pod_projection", "show_live"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,7 +227,8 @@ def bn_collectives(topo, *, channels: int = 16, per_replica: int = 4) -> dict:
     both = traced.collectives(on_mesh(grad), x)
     if [c["primitive"] for c in both[:len(fwd)]] != [c["primitive"] for c in fwd]:
         raise RuntimeError("bn_collectives: the traced gradient does not start with the forward pass")
-    return {"forward": fwd, "backward": both[len(fwd):], "bn_axes": topo.bn_axes, "bn_group": topo.bn_group}
+    return {"forward": fwd, "backward": both[len(fwd):], "bn_axes": topo.bn_axes, "bn_group": topo.bn_group,
+            "channels": channels}
 
 
 def torus_phases(topo=None) -> list[dict]:
@@ -260,7 +261,7 @@ def torus_phases(topo=None) -> list[dict]:
 
     out = jax.jit(jax.shard_map(body, mesh=topo.mesh, in_specs=P(axes), out_specs=(P(axes),) * 4,
                                 check_vma=False))(topo.shard_batch(np.zeros((n, 1), np.int32)))
-    names = ["start: every replica holds its own buffer, chunks c0..c%d" % (nx - 1),
+    names = ["start: own buffer, chunks c0..c%d" % (nx - 1),
              "1 reduce-scatter along X (psum_scatter)", "2 all-reduce along Y (psum)",
              "3 all-gather along X (all_gather)"]
     phases = []
@@ -311,31 +312,65 @@ def resnet50_bn_layers() -> list[int]:
 
 
 def pod_projection(*, chip_images_per_s: float, epochs: float, bn_group: int = 8,
-                   bn_channels: list[int] | None = None, bn_collectives_per_layer: tuple = ((2, 1), (1, 2)),
-                   input_s: float = 0.0, directions: int = 2, bytes_per_param: int = 4,
+                   bn_channels: list[int] | None = None, bn_layer: dict | None = None,
+                   input_s: float = 0.0, input_share: float = 0.0, directions: int = 2, bytes_per_param: int = 4,
                    global_batch: int = 32768, algorithms=("ring", "torus2d", "torus2d_bidir")) -> list[dict]:
     """``costmodel.project_resnet50`` plus the two terms it leaves out: BN collectives and input wait.
 
-    BN: every BN layer (``bn_channels``, default ``resnet50_bn_layers()``) does, per step, the collectives in
-    ``bn_collectives_per_layer`` = ((floats per channel, how many), ...) = forward one psum of (sum, sum of
-    squares), backward two psums of one vector each (``bn_collectives`` reads these from the traced program),
-    each a ring over the ``bn_group`` neighbouring chips (pod link latency and bandwidth, fp32). ``input_s``:
-    input wait per step (0 = the pipeline keeps up). Each row adds ``bn_s``, ``input_s`` and recomputes
-    ``step_s``, ``images_per_s``, ``minutes_to_train`` and ``comm_fraction`` (all-reduce + BN over step).
+    BN: every BN layer (``bn_channels``, default ``resnet50_bn_layers()``) does, per step, the collectives of
+    ``bn_layer`` (``bn_collectives``' traced forward + backward of one layer, scaled to each layer's channels;
+    default: forward one psum of (sum, sum of squares), backward two psums of one vector each), each a ring
+    over the ``bn_group`` neighbouring chips of a row (pod link latency and bandwidth, fp32, no wrap-around).
+    ``input_s``: input wait per step (0 = the pipeline keeps up), or ``input_share``: the fraction of a step
+    spent waiting for input (e.g. ``labkit.profile``'s ``fractions["input_wait"]``), kept as that share of the new step.
+    Each row adds ``bn_s``, ``input_s`` and recomputes ``step_s``, ``images_per_s``, ``minutes_to_train``,
+    ``comm_fraction`` (all-reduce + BN over step) and ``implied_chip_images_per_s`` (the compute-only rate
+    that would make the step equal MLPerf v0.6's measured 1,024-chip step).
     """
     from labkit.collectives import costmodel
     pod = costmodel.network("tpu-v3-pod")
-    ring = costmodel.Network("bn-group", (1, bn_group), pod.y, pod.y)
+    line = costmodel.Link(pod.y.alpha_s, pod.y.bandwidth, wraparound=False)  # g neighbours of a row: no wrap
+    ring = costmodel.Network("bn-group", (1, bn_group), line, line)
     channels = resnet50_bn_layers() if bn_channels is None else bn_channels
-    bn_s = sum(count * costmodel.predict(ring, "ring", 4 * floats * c, directions=directions).time_s
-               for c in channels for floats, count in bn_collectives_per_layer)
+    if bn_layer is None:
+        per_channel = [2.0, 1.0, 1.0]
+    else:  # bytes per channel of each traced collective of one layer
+        per_channel = [c["bytes"] / 4 / bn_layer["channels"] for c in bn_layer["forward"] + bn_layer["backward"]]
+    bn_s = sum(costmodel.predict(ring, "ring", 4 * floats * c, directions=directions).time_s
+               for c in channels for floats in per_channel)
+    measured_step_s = global_batch / costmodel.MLPERF_V06_1024["images_per_s"]
     rows = costmodel.project_resnet50(pod, algorithms, bytes_per_param=bytes_per_param, directions=directions,
                                       chip_images_per_s=chip_images_per_s, global_batch=global_batch,
                                       epochs=epochs)
     for row in rows:
         row["bn_s"], row["input_s"], row["bn_layers"] = bn_s, input_s, len(channels)
-        row["step_s"] = row["compute_s"] + row["allreduce_s"] + bn_s + input_s
+        if input_share:
+            if not 0 <= input_share < 1:
+                raise ValueError(f"pod_projection: input_share must be in [0, 1), got {input_share}")
+            row["input_s"] = input_s + input_share / (1 - input_share) * (row["compute_s"] + row["allreduce_s"] + bn_s)
+        row["step_s"] = row["compute_s"] + row["allreduce_s"] + bn_s + row["input_s"]
         row["images_per_s"] = global_batch / row["step_s"]
         row["minutes_to_train"] = epochs * costmodel.IMAGENET_TRAIN / row["images_per_s"] / 60.0
         row["comm_fraction"] = (row["allreduce_s"] + bn_s) / row["step_s"]
+        # the compute-only rate that would make this row's step equal MLPerf v0.6's measured 1,024-chip step
+        row["implied_chip_images_per_s"] = (global_batch / row["chips"]) / (
+            measured_step_s - row["allreduce_s"] - bn_s - row["input_s"])
     return rows
+
+
+def allreduce_collectives(topo, algorithm: str, *, elements: int = 4096) -> list[dict]:
+    """The collectives of one ``algorithm`` all-reduce of ``elements`` fp32 values per replica on ``topo``,
+    read from the traced program (``labkit.traced``; nothing runs)."""
+    import numpy as np
+    from labkit import traced
+    from labkit.collectives import all_reduce
+    x = topo.shard_batch(np.zeros((topo.num_replicas, elements), np.float32))
+    return traced.collectives(lambda: all_reduce(x, topo, algorithm))  # x concrete: placed, then traced
+
+
+def show_live(view):
+    """Display a live dashboard ``view``; returns its display handle. Call ``handle.update(plot)`` when the
+    work is done: the live view is replaced by a static figure, so a saved notebook stores the figure (which
+    GitHub, nbviewer and Colab's preview can render) instead of a live page that needs a running kernel."""
+    from IPython.display import display
+    return display(view, display_id=True)

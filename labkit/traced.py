@@ -67,8 +67,15 @@ def _sub_jaxprs(params: dict):
                 yield item.jaxpr
 
 
-def format_collectives(found: list[dict], *, title: str = "") -> str:
-    """One line per collective (``psum over ('yi',): float32[2, 16], 128 B``) and a count by primitive."""
+def format_collectives(found: list[dict], *, title: str = "", detail: bool = True) -> str:
+    """One line per collective (``psum over ('yi',): float32[2, 16], 128 B``) and a count by primitive;
+    ``detail=False``: only the count, by primitive and axes, on one line."""
+    if not detail:
+        groups: dict[tuple, list[int]] = {}
+        for c in found:
+            groups.setdefault((c["primitive"], c["axes"]), []).append(c["bytes"])
+        text = "; ".join(f"{len(b)} {p} over {a} ({sum(b):,} B)" for (p, a), b in groups.items())
+        return f"{title}{': ' if title else ''}{text or 'no collectives'}"
     lines = [title] if title else []
     for c in found:
         pairs = f", {c['pairs']} send/receive pairs" if "pairs" in c else ""
