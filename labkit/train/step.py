@@ -84,7 +84,8 @@ def make_train_step(model: flax.linen.Module, topo: Topology, *, reduce_gradient
             return loss / n, (loss, logits, new_vars)
 
         (_, (loss, logits, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(local_params)
-        grads = reduce_gradients(grads)
+        with jax.named_scope("gradient_allreduce"):  # names the reducer's collectives for labkit.profile
+            grads = reduce_gradients(grads)
         # Each BN group keeps its own running statistics; average them across groups so the replicated state
         # stays one model (what flax's imagenet example does before eval). Within a group they already agree.
         # (They vary only over the non-BN axes; check_vma verifies that against out_specs=P().)

@@ -1,0 +1,95 @@
+"""labkit.profile: the per-step breakdown adds up, and the step's collectives land in their categories."""
+import math
+
+import numpy as np
+import pytest
+
+from labkit import profile
+
+
+def _op(name, ts, dur, device, module="jit_body", tid=None):
+    return {"ph": "X", "pid": 1, "tid": tid or 100 + device, "ts": ts, "dur": dur, "name": name,
+            "args": {"hlo_op": name, "hlo_module": module, "device_ordinal": str(device)}}
+
+
+def test_breakdown_arithmetic_on_a_hand_made_trace():
+    host = {"ph": "X", "pid": 1, "tid": 1}
+    events = [dict(host, name=profile.STEP_EVENT, ts=0, dur=1000), dict(host, name=profile.INPUT_EVENT, ts=0, dur=100),
+              dict(host, name=profile.STEP_EVENT, ts=2000, dur=600),
+              # step 0: device 0 = 300 compute + 100 BN + 200 gradient; device 1 = 200 + 200 + 100 (microseconds)
+              _op("fusion.1", 100, 300, 0), _op("bn.1", 400, 100, 0), _op("grad.2", 500, 200, 0),
+              _op("fusion.1", 100, 200, 1), _op("bn.1", 300, 200, 1), _op("grad.2", 500, 100, 1),
+              _op("inner", 150, 50, 0, tid=100),        # nested in fusion.1 on the same thread: not counted twice
+              _op("eval.7", 100, 500, 0, module="jit_eval"),  # another program: ignored
+              # step 1: only compute, 400 on both devices, no input wait
+              _op("fusion.1", 2100, 400, 0), _op("fusion.1", 2100, 400, 1)]
+    got = profile.step_breakdown({"traceEvents": events}, {"bn.1": "bn_collectives", "grad.2": "gradient_allreduce"},
+                                 modules={"jit_body"})
+    us = 1e-6
+    expected = {"compute": (250 + 400) / 2 * us, "bn_collectives": 150 / 2 * us, "gradient_allreduce": 150 / 2 * us,
+                "other_collectives": 0.0, "input_wait": 100 / 2 * us, "host": (350 + 200) / 2 * us}
+    assert got["steps"] == 2 and got["devices"] == 2 and got["overlap_s"] == 0.0
+    assert got["step_s"] == pytest.approx(800 * us)
+    for k, v in expected.items():
+        assert got["seconds"][k] == pytest.approx(v, abs=1e-15), k
+        assert got["fractions"][k] == pytest.approx(v / (800 * us)), k
+    assert math.fsum(got["fractions"].values()) == pytest.approx(1.0, abs=1e-12)
+    assert got["collective_ops"] == {"bn_collectives": 1, "gradient_allreduce": 1, "other_collectives": 0}
+
+
+def test_a_trace_without_steps_is_an_error():
+    with pytest.raises(ValueError, match="no 'labkit_step' events"):
+        profile.step_breakdown({"traceEvents": []}, {})
+
+
+def _tiny_step(bn_group):
+    import flax.linen as nn
+    import jax
+    from labkit.bn import DistributedBatchNorm
+    from labkit.collectives import make_reducer
+    from labkit.mesh import Topology
+    from labkit.train.step import create_train_state, make_train_step
+    import optax
+
+    class Tiny(nn.Module):
+        axis_name: tuple
+
+        @nn.compact
+        def __call__(self, x, train=True):
+            x = nn.Conv(4, (3, 3), use_bias=False)(x)
+            x = nn.relu(DistributedBatchNorm(use_running_average=not train, axis_name=self.axis_name)(x))
+            return nn.Dense(10)(x.mean((1, 2)))
+
+    topo = Topology.build(shape="2x4", bn_group=bn_group)
+    model = Tiny(topo.bn_axes)
+    state = jax.device_put(create_train_state(model, optax.sgd(0.1), (8, 8, 3)), topo.replicated)
+    step = make_train_step(model, topo, reduce_gradients=make_reducer(topo, "torus2d"), donate=False)
+    rng = np.random.default_rng(0)
+
+    def batches():
+        while True:
+            yield {"image": topo.shard_batch(rng.normal(size=(16, 8, 8, 3)).astype(np.float32)),
+                   "label": topo.shard_batch(rng.integers(0, 10, 16).astype(np.int32))}
+    return step, state, batches()
+
+
+@pytest.mark.parametrize("bn_group", [2, 1])
+def test_profiled_step_adds_up_and_shows_its_collectives(bn_group):
+    step, state, batches = _tiny_step(bn_group)
+    got = profile.profile_step(step, state, batches, steps=2, warmup=1)
+    assert got["steps"] == 2 and got["devices"] == 8
+    assert math.fsum(got["fractions"].values()) == pytest.approx(1.0, abs=1e-12)
+    assert math.fsum(got["seconds"].values()) == pytest.approx(got["step_s"] + got["overlap_s"], rel=1e-9)
+    assert got["collective_ops"]["gradient_allreduce"] >= 1 and got["seconds"]["gradient_allreduce"] > 0
+    assert got["seconds"]["compute"] > 0
+    if bn_group > 1:  # the BN group sum, forward and backward, runs every step
+        assert got["collective_ops"]["bn_collectives"] >= 1 and got["seconds"]["bn_collectives"] > 0
+    else:  # BN over one replica: no collective at all
+        assert got["collective_ops"]["bn_collectives"] == 0 and got["seconds"]["bn_collectives"] == 0
+
+
+def test_breakdown_is_a_telemetry_kind():
+    from labkit import telemetry
+    stream = telemetry.EventStream()
+    event = profile.emit_breakdown({"step_s": 0.1, "fractions": {"host": 1.0}}, stream, step=5)
+    assert event["kind"] == "step_breakdown" and event["step"] == 5 and event["fractions"] == {"host": 1.0}
