@@ -1,6 +1,6 @@
-"""dashboard.app: the overview page (training, per-replica BN statistics, host input queues, collectives).
+"""dashboard.app: the overview page (training, per-replica BN statistics, host input queues, collectives, step time).
 
-Owns ``overview``: one ``Feed`` on one source, the four views subscribed to it, a header with the run's
+Owns ``overview``: one ``Feed`` on one source, the views subscribed to it, a header with the run's
 description, the reader's status (why there is no data yet; what was skipped and counted), a button pausing this
 page's polling, and room for the caller's own widgets (``controls``: e.g. start/stop buttons of a training run
 in a notebook). Also ``save_snapshot``, the self-contained static HTML of a source's events so far.
@@ -17,14 +17,17 @@ from pathlib import Path
 import panel as pn
 
 from labkit.dashboard.bn_view import BNView
+from labkit.dashboard.breakdown_view import BreakdownView
 from labkit.dashboard.collective_view import CollectiveView
 from labkit.dashboard.feed import Feed
 from labkit.dashboard.input_view import InputView
+from labkit.dashboard.style import flow_row, heading
 from labkit.dashboard.training_view import TrainingView
 
 __all__ = ["overview", "save_snapshot", "VIEWS"]
 
-VIEWS = {"training": TrainingView, "bn": BNView, "input": InputView, "collectives": CollectiveView}
+VIEWS = {"training": TrainingView, "bn": BNView, "input": InputView, "collectives": CollectiveView,
+         "breakdown": BreakdownView}
 
 
 def overview(source=None, controls=None, *, views=tuple(VIEWS), period_ms: int = 500, live: bool = True,
@@ -45,9 +48,7 @@ def overview(source=None, controls=None, *, views=tuple(VIEWS), period_ms: int =
     built = {name: VIEWS[name](feed) for name in views}
     title = title or f"labkit dashboard: {feed.source.label}"
     extra = list(controls) if isinstance(controls, (list, tuple)) else [] if controls is None else [controls]
-    header = pn.Row(pn.pane.HTML(f'<h2 style="margin:4px 0">{html.escape(title)}</h2>', margin=(5, 10)),
-                    pn.Spacer(sizing_mode="stretch_width"), *extra, *([feed.live_toggle()] if live else []),
-                    sizing_mode="stretch_width")
+    header = flow_row(heading(title), *extra, *([feed.live_toggle()] if live else []))
     return feed.page(built, header=header, live=live)
 
 
