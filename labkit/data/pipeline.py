@@ -16,6 +16,7 @@ import dataclasses
 import math
 import os
 
+from labkit import storage
 from labkit.data import preprocess, tfrecords
 from labkit.data._tf import import_tf
 
@@ -108,7 +109,7 @@ def resolve_files(data, split: str) -> tuple[list[str], dict]:
     if data in bundled.DATASETS and not os.path.exists(data):
         data = str(bundled.prepare(data))
     files = tfrecords.list_files(data, split)
-    info = tfrecords.read_info(os.path.dirname(files[0]))  # the data set's own metadata, where it has some
+    info = tfrecords.read_info(storage.dirname(files[0]))  # the data set's own metadata, where it has some
     schema["num_classes"], schema["label_offset"] = info.get("num_classes"), info.get("label_offset")
     return files, schema
 
@@ -146,7 +147,7 @@ def _read_file(path, size, counter: SkipCounter):
 def _records(files, switches: Switches, counter, host, num_hosts, *, train: bool, cycle_length: int,
              seed: int | None = None, deterministic: bool = False):
     tf = import_tf()
-    sizes = [os.path.getsize(f) for f in files]
+    sizes = [storage.size(f) for f in files]  # local or gs:// (labkit.storage)
     ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
     if train and switches.shuffle:
         ds = ds.shuffle(len(files), seed=seed)

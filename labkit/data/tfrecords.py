@@ -8,12 +8,11 @@ Must not: decode or augment images (``preprocess``), or build pipelines (``pipel
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
-from pathlib import Path
 from typing import Iterable
 
+from labkit import storage
 from labkit.data._tf import import_tf
 
 __all__ = ["INFO_FILE", "encode_example", "write_shards", "shard_name", "list_files", "read_info",
@@ -62,10 +61,10 @@ def write_shards(out_dir: str | os.PathLike, split: str, records: Iterable[bytes
     if num_shards < 1:
         raise ValueError(f"write_shards: num_shards must be >= 1, got {num_shards}")
     tf = import_tf()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = os.fspath(out_dir)  # a local directory or a gs:// URL (labkit.storage)
+    storage.makedirs(out)
     names = [shard_name(split, k, num_shards) for k in range(num_shards)]
-    writers = [tf.io.TFRecordWriter(str(out / n)) for n in names]
+    writers = [tf.io.TFRecordWriter(storage.join(out, n)) for n in names]
     counts = dict.fromkeys(names, 0)
     try:
         for k, record in enumerate(records):
@@ -78,14 +77,14 @@ def write_shards(out_dir: str | os.PathLike, split: str, records: Iterable[bytes
     info.setdefault("records", {}).update(counts)
     if num_classes is not None:
         info["num_classes"] = int(num_classes)
-    (out / INFO_FILE).write_text(json.dumps(info, indent=1, sort_keys=True))
+    storage.write_text(storage.join(out, INFO_FILE), json.dumps(info, indent=1, sort_keys=True))
     return counts
 
 
 def read_info(data_dir: str | os.PathLike) -> dict:
     """The directory's ``labkit-info.json`` (``{}`` for TFRecords written by other tools)."""
-    path = Path(data_dir) / INFO_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    path = storage.join(data_dir, INFO_FILE)
+    return json.loads(storage.read_text(path)) if storage.isfile(path) else {}
 
 
 def list_files(data: str | os.PathLike, split: str) -> list[str]:
@@ -97,11 +96,13 @@ def list_files(data: str | os.PathLike, split: str) -> list[str]:
     if _GLOB_CHARS & set(data):
         pattern = data
     else:
-        if not os.path.isdir(data):
+        if not storage.isdir(data):
             raise FileNotFoundError(f"data directory {data!r} does not exist (expected TFRecord shards "
                                     f"named like {shard_name(split, 0, 1)} in it, or a glob pattern)")
-        pattern = os.path.join(data, f"{split}-*")
-    files = sorted(f for f in glob.glob(pattern) if os.path.isfile(f) and not f.endswith(".json"))
+        pattern = storage.join(data, f"{split}-*")
+    # An object store lists objects only (one request for all); a local glob may also match directories.
+    files = [f for f in storage.glob(pattern)
+             if not f.endswith((".json", "/")) and (storage.is_url(f) or os.path.isfile(f))]
     if not files:
         raise FileNotFoundError(f"no TFRecord files match {pattern!r} (split {split!r})")
     return files
@@ -112,7 +113,7 @@ def count_records(files: list[str]) -> list[int]:
     tf = import_tf()
     counts = []
     for f in files:
-        known = read_info(os.path.dirname(f)).get("records", {}).get(os.path.basename(f))
+        known = read_info(storage.dirname(f)).get("records", {}).get(storage.basename(f))
         if known is None:  # a file from another tool: count it (reads it; corrupt tails are not counted)
             ds = tf.data.TFRecordDataset(f).ignore_errors()
             known = int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))

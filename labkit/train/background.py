@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from labkit import telemetry
+from labkit import storage, telemetry
 from labkit.config import Config
 
 __all__ = ["BackgroundRun"]
@@ -23,7 +23,8 @@ class BackgroundRun:
     """
 
     def __init__(self, config: Config, workdir: str | Path, *, force: bool = False, log=None):
-        self.config, self.workdir, self.force = config, Path(workdir), force
+        self.config, self.force = config, force
+        self.workdir = workdir if storage.is_url(workdir) else Path(workdir)  # Path() collapses gs:// URLs
         self.stream = telemetry.EventStream(self.workdir)
         self.summary: dict | None = None
         self.error: BaseException | None = None

@@ -12,28 +12,45 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
+from labkit import storage
 from labkit.config import Config, ConfigError
 
 __all__ = ["Checkpointer", "check_workdir_config"]
 
 # Keys that only change what is observed or when, not the computation: a resume may change them freely.
 _OBSERVATIONAL = ("log_every_steps", "bn_stats_every_steps", "collective_every_steps", "keep_checkpoints",
-                  "checkpoint_every_steps", "prefetch", "target_accuracy", "eval_every_epochs")
+                  "checkpoint_every_steps", "prefetch", "target_accuracy", "eval_every_epochs", "steps_per_loop")
 
 
 def check_workdir_config(workdir: str | Path, config: Config, force: bool = False) -> None:
-    """Write ``workdir/config.json``, or check it matches the run being resumed there."""
-    path = Path(workdir) / "config.json"
-    if path.exists():
-        previous = Config.from_dict(json.loads(path.read_text()))
+    """Write ``workdir/config.json``, or check it matches the run being resumed there.
+
+    Only process 0 reads and writes it (atomically: a temporary file renamed); the other processes wait for it
+    at a barrier, then check the same file, so no process reads a half-written config.
+    """
+    path = storage.join(workdir, "config.json")  # workdir may be a gs:// URL
+    if jax.process_index() == 0:
+        _check_against(path, workdir, config, force)
+        storage.makedirs(workdir)
+        storage.write_text(path, config.to_json())  # atomic: a temporary file renamed, or one object upload
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("labkit: config.json written")
+        if jax.process_index() != 0:
+            previous = Config.from_dict(json.loads(storage.read_text(path)))
+            if config.differences(previous, ignore=_OBSERVATIONAL):
+                raise ConfigError(f"workdir {str(workdir)!r}: process {jax.process_index()}'s config differs from "
+                                  "process 0's; every process must run the same config")
+
+
+def _check_against(path: str, workdir, config: Config, force: bool) -> None:
+    if storage.exists(path):
+        previous = Config.from_dict(json.loads(storage.read_text(path)))
         diff = config.differences(previous, ignore=_OBSERVATIONAL)
         if diff and not force:
             listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (new, old) in sorted(diff.items()))
             raise ConfigError(f"workdir {str(workdir)!r} holds a run with a different config ({listed}); "
                               "use another workdir, or force the resume (--force / force=True)")
-    if jax.process_index() == 0:  # every process checks; one writes
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(config.to_json())
 
 
 class Checkpointer:
@@ -41,7 +58,9 @@ class Checkpointer:
 
     def __init__(self, workdir: str | Path, keep: int = 2):
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-        self._manager = ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options)
+        # A string, not a Path: Path("gs://b/w") collapses to "gs:/b/w"; Orbax takes gs:// URLs itself (etils).
+        self._manager = ocp.CheckpointManager(storage.join(storage.absolute(workdir), "checkpoints"),
+                                              options=options)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()

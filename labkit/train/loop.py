@@ -2,15 +2,19 @@
 
 Owns the order of things: topology -> data -> model/optimizer -> restore -> steps (grouped BN, the configured
 all-reduce) -> telemetry on its cadences -> evaluation -> early stop at the target -> checkpoints -> summary.
-Throughput is honest: the training clock runs only inside steady-state steps (input wait included; compile,
-evaluation, checkpoints and micro-benchmarks excluded), and images/s is total images over total clock time,
-across resumes, never a mean of per-step rates. Must not: define models, collectives or
-pipeline stages, or render anything (dashboards read the telemetry this writes).
+The device stays busy: between *host points* (log cadence, BN export, collective timing, evaluation,
+checkpoints, the end) steps are only dispatched, ``steps_per_loop`` at a time (``train.device_loop``), and
+nothing is copied back; at a host point the window (loss, accuracy, the on-device NaN/inf guard over loss,
+parameters and BN statistics) is read once, and a checkpoint is written only after that guard passed.
+Two rates, one definition (``train.device_loop.WindowClock``): ``images_per_s`` is the steady-state rate over
+windows between device-synchronised reads (windows that compiled, evaluations and checkpoint writes left out;
+the input wait, BN export, all-reduce timing and logging in), ``images_per_s_wall`` is all images over all wall time; both and ``time_to_accuracy_s`` count from the
+run's first start, across resumes. Must not: define models, collectives or pipeline stages, or render
+anything (dashboards read the telemetry this writes).
 """
 from __future__ import annotations
 
 import json
-import math
 import sys
 import threading
 import time
@@ -19,14 +23,16 @@ from typing import Callable
 
 import jax
 
-from labkit import bn, telemetry
+from labkit import bn, storage, telemetry
 from labkit.collectives import make_reducer
 from labkit.config import Config
 from labkit.mesh import Topology, allowed_bn_groups, initialize_multihost, simulate_devices
 from labkit.models import count_params, create_model
 from labkit.train.checkpoint import Checkpointer, check_workdir_config
-from labkit.train.input import create_eval_dataset, create_train_iterator, describe_data, eval_batches
-from labkit.train.measure import make_allreduce_timer, peak_flops_per_device, step_flops
+from labkit.train.device_loop import StepPrograms, WindowClock, read_window, run_stretch
+from labkit.train.input import (InputPositions, create_eval_dataset, create_train_iterator, describe_data,
+                                eval_batches)
+from labkit.train.measure import make_allreduce_timer, mfu, peak_flops_per_device, step_flops
 from labkit.train.optim import create_optimizer, create_schedule
 from labkit.train.step import create_train_state, make_eval_step, make_train_step
 
@@ -47,7 +53,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, force: bool = Fal
     ``max_steps``: stop after this many steps *of this call* (as if the process were stopped there).
     """
     log = log or (lambda _msg: None)
-    workdir = Path(workdir)
+    workdir = workdir if storage.is_url(workdir) else Path(workdir)  # Path() would collapse gs:// to gs:/
     simulate_devices(config.cpu_devices)
     initialize_multihost()
     topo = Topology.build(shape=config.shape or None, bn_group=config.bn_group)
@@ -85,37 +91,43 @@ class _Run:
         self.reducer = make_reducer(topo, config.allreduce)
         self.time_allreduce = None  # built at the first collective timing
         self.eval_ds = None  # built at the first evaluation
-        kw = dict(reduce_gradients=self.reducer, label_smoothing=config.label_smoothing, preprocess=normalize)
-        self.steps = {False: make_train_step(self.model, topo, **kw),
-                      True: make_train_step(self.model, topo, capture_bn=True, **kw)}
+        kw = dict(reduce_gradients=self.reducer, label_smoothing=config.label_smoothing, preprocess=normalize,
+                  donate=False)  # traced inside the step programs, which donate the state
+        self.programs = StepPrograms(make_train_step(self.model, topo, **kw),
+                                     make_train_step(self.model, topo, capture_bn=True, **kw),
+                                     k=config.steps_per_loop, replicated=topo.replicated)
         self.eval_step = make_eval_step(self.model, topo, preprocess=normalize)
         self.ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
         # Checkpointed progress; the *_s / train_images entries are cumulative over every call (resumes).
         self.meta = {"step": 0, "best_top1": 0.0, "time_to_accuracy_s": None, "wall_s": 0.0,
-                     "train_images": 0, "train_time_s": 0.0}
+                     "train_images": 0, "train_time_s": 0.0, "input_position": None}
         self.before = dict(self.meta)  # what earlier calls had accumulated
-        self.images, self.train_time = 0, 0.0  # this call's steady-state images and clock
+        self.clock = WindowClock()
         self.iterator = None
+        self.positions = None
         self.last_eval: dict = {}
+        self.last_batch = None  # shapes for the cost analysis
 
     # ------------------------------------------------------------------------------------------------------
     def execute(self, stop_event, max_steps) -> dict:
         cfg, topo = self.config, self.topo
         if self.ckpt.latest_step() is not None:
-            self.state, self.meta = self.ckpt.restore(self.state)
+            self.state, meta = self.ckpt.restore(self.state)
+            self.meta.update(meta)
             self.before = dict(self.meta)
             self.log(f"resumed from the checkpoint at step {self.meta['step']} in {self.workdir}")
+        self.clock = WindowClock(int(self.before["train_images"]), float(self.before["train_time_s"]))
         start = int(self.meta["step"])
-        simulated = topo.simulated  # the devices that run the steps, not the default backend (one-chip plan)
+        simulated = jax.default_backend() == "cpu"
         self.stream.emit("run", step=start, phase="start", config=cfg.to_dict(), model=cfg.model,
                          dataset=cfg.dataset, global_batch=cfg.global_batch, bn_group=cfg.bn_group,
                          allreduce=cfg.allreduce, replicas=topo.num_replicas,
-                         torus=list(topo.shape), backend=topo.mesh.devices.flat[0].platform, simulated=simulated,
-                         device_kind=topo.mesh.devices.flat[0].device_kind, devices=topo.label,
-                         processes=jax.process_count(),
+                         torus=list(topo.shape), backend=jax.default_backend(), simulated=simulated,
+                         device_kind=jax.devices()[0].device_kind, processes=jax.process_count(),
                          params=count_params(self.state.params), num_classes=self.info.num_classes,
                          train_images=self.info.train_images, steps_per_epoch=self.steps_per_epoch,
-                         total_steps=self.total_steps, resumed_from=start, jax_version=jax.__version__)
+                         total_steps=self.total_steps, resumed_from=start, steps_per_loop=cfg.steps_per_loop,
+                         jax_version=jax.__version__)
         self.log(f"train: {cfg.model} on {cfg.dataset} ({self.info.train_images:,} images, "
                  f"{self.info.num_classes} classes), {topo.num_replicas} replicas on a {topo.shape[0]}x"
                  f"{topo.shape[1]} torus, BN group {cfg.bn_group}, all-reduce {cfg.allreduce}, "
@@ -123,70 +135,103 @@ class _Run:
         if cfg.target_accuracy and self.meta["time_to_accuracy_s"] is not None:
             self.log(f"the run in {self.workdir} already reached its target; nothing to train")
             return self._finish("target")
-        self.iterator = create_train_iterator(cfg, topo, self.info, start_step=start, stream=self.stream)
-        reason, compiled = "epochs", set()
-        progress = _progress(self.total_steps, start) if sys.stdout.isatty() else None
         end = self.total_steps if max_steps is None else min(self.total_steps, start + max_steps)
-        for step in range(start, end):
-            if stop_event is not None and stop_event.is_set():
-                reason = "stopped"
-                break
-            t_step = time.perf_counter()
-            batch = next(self.iterator)
-            capture = bool(cfg.bn_stats_every_steps) and step % cfg.bn_stats_every_steps == 0
-            first = capture not in compiled
-            compiled.add(capture)
-            self.state, metrics, bn_stats = self.steps[capture](self.state, batch["image"], batch["label"])
-            loss = float(metrics["loss"])  # one sync a step: honest step times and the NaN guard
-            interval = time.perf_counter() - t_step
-            if not (math.isfinite(loss) and bool(metrics["params_finite"])):
-                self._stop_non_finite(step, loss)
-            if not first:  # a step that compiled is not training time
-                self.images += cfg.global_batch
-                self.train_time += interval
-            self._emit_step(step, loss, metrics, interval, first, capture, bn_stats)
+        if self.info.source != "synthetic":
+            self.positions = InputPositions(
+                f"{self.workdir}/input_positions", keep=cfg.keep_checkpoints + 2,
+                wanted=lambda p: p > start and (p % self.ckpt_every == 0 or p % self.eval_every == 0 or p == end))
+        self.iterator = create_train_iterator(cfg, topo, self.info, start_step=start, stream=self.stream,
+                                              positions=self.positions)
+        reason = "epochs"
+        progress = _progress(self.total_steps, start) if sys.stdout.isatty() else None
+        step, window, wait = start, self.programs.new_window(), 0.0
+        self.clock.mark()
+        while step < end:
+            last = self._next_host_step(step, end)
+            capture = self._captures(last)
+            self.state, window, bn_stats, w = run_stretch(self.programs, self.state, window, self.iterator,
+                                                          last - step + 1, capture_last=capture)
+            wait += w
+            # ---- host point: the one read of this window ------------------------------------------------
+            metrics = read_window(window)
+            window = self.programs.new_window()
+            compiled = self.programs.take_fresh()
+            seconds = self.clock.close((last - step + 1) * cfg.global_batch, compiled)
+            if not metrics["finite"]:
+                self._stop_non_finite(step, last, metrics["loss"])
+            self._emit_step(last, last - step + 1, metrics, seconds, compiled, wait)
+            wait, step, done = 0.0, last + 1, last + 1
+            self._host_work(last, bn_stats)
             if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss:.3f}", top1=f"{self.last_eval.get('top1', 0):.3f}")
-            done = step + 1
+                progress.update(done - progress.n)
+                progress.set_postfix(loss=f"{metrics['loss']:.3f}", top1=f"{self.last_eval.get('top1', 0):.3f}")
             reached = False
+            self.clock.pause()  # evaluation and checkpoints are phases of their own, not step time
             if done % self.eval_every == 0 or done == self.total_steps:
                 reached = self._evaluate(done)
             if done % self.ckpt_every == 0 or done == end or reached:
                 self._save(done)
+            self.clock.resume()
             if reached:
                 reason = "target"
+                break
+            if stop_event is not None and stop_event.is_set():
+                reason = "stopped"
+                if done % self.ckpt_every and done != end:
+                    self._save(done)
                 break
         else:
             if end < self.total_steps:
                 reason = "max_steps"
         if progress is not None:
             progress.close()
-        if reason == "stopped":
-            self._save(step)
         return self._finish(reason)
 
+    def _next_host_step(self, step: int, end: int) -> int:
+        """The first step at or after ``step`` after which the host must look (steps before it only dispatch)."""
+        log_every = max(1, self.config.log_every_steps)
+        for s in range(step, end):
+            done = s + 1
+            if (s % log_every == 0 or self._captures(s) or self._times_collective(s) or done == end
+                    or done % self.eval_every == 0 or done % self.ckpt_every == 0):
+                return s
+        return end - 1
+
+    def _captures(self, step: int) -> bool:
+        every = self.config.bn_stats_every_steps
+        return bool(every) and step % every == 0
+
+    def _times_collective(self, step: int) -> bool:
+        every = self.config.collective_every_steps
+        return bool(every) and step % every == 0
+
     # ------------------------------------------------------------------------------------------------------
-    def _emit_step(self, step, loss, metrics, interval, first, capture, bn_stats) -> None:
+    def _emit_step(self, step, steps, metrics, seconds, compiled, wait) -> None:
+        """One ``step`` event per host point: the window's last step, its rate, and the wall clock."""
         cfg = self.config
-        wait = (getattr(self.iterator, "last", None) or {}).get("wait_s", 0.0)
-        if step % cfg.log_every_steps == 0 or first:
-            self.stream.emit("step", step=step, loss=loss, accuracy=float(metrics["accuracy"]),
-                             lr=float(self.schedule(step)), images_per_s=cfg.global_batch / interval,
-                             step_time_s=interval, input_wait_s=wait, compile=first,
-                             epoch=step / self.steps_per_epoch)
-        if capture:
+        rate = None if compiled else steps * cfg.global_batch / seconds
+        self.stream.emit("step", step=step, loss=metrics["loss"], accuracy=metrics["accuracy"],
+                         lr=float(self.schedule(step)), images_per_s=rate, steps=steps,
+                         step_time_s=seconds / steps, window_s=seconds, input_wait_s=wait, compile=compiled,
+                         wall_s=self._wall(), epoch=step / self.steps_per_epoch)
+        if step % max(1, self.total_steps // 10) < steps and not sys.stdout.isatty():
+            self.log(f"  step {step:5d}/{self.total_steps}  loss {metrics['loss']:.4f}  "
+                     f"lr {float(self.schedule(step)):.4f}")
+
+    def _host_work(self, step, bn_stats) -> None:
+        """Telemetry that needs the host: BN statistics export and the in-training all-reduce timing."""
+        cfg = self.config
+        if bn_stats is not None:
             records = bn.stats_records(bn_stats, self.topo.bn_groups())  # collective across processes
             for record in records if jax.process_index() == 0 else ():  # every replica's row: one host emits
                 self.stream.emit("bn_stats", step=step, **record)
-        if cfg.collective_every_steps and step % cfg.collective_every_steps == 0:
+        if self._times_collective(step):
             if self.time_allreduce is None:  # shapes never change: compile the timed all-reduce once
                 self.time_allreduce = make_allreduce_timer(self.reducer, self.state.params, self.topo)
+                self.programs.fresh = True  # its compile lands in the next window: not a steady window
             timing = self.time_allreduce()
             self.stream.emit("collective", step=step, algorithm=cfg.allreduce, replicas=self.topo.num_replicas,
                              source="train", **timing)
-        if step % max(1, self.total_steps // 10) == 0 and not sys.stdout.isatty():
-            self.log(f"  step {step:5d}/{self.total_steps}  loss {loss:.4f}  lr {float(self.schedule(step)):.4f}")
 
     def _evaluate(self, done: int) -> bool:
         """Evaluate on the whole validation set; True when the target accuracy is reached."""
@@ -195,85 +240,98 @@ class _Run:
         totals = {"top1": 0.0, "top5": 0.0, "count": 0.0}
         if self.eval_ds is None:  # built once: the record count and pipeline are not redone each eval
             self.eval_ds = create_eval_dataset(cfg, self.info)
+        sums = None
         for batch in eval_batches(self.eval_ds, self.topo):
             counts = self.eval_step(self.state, batch["image"], batch["label"], batch["mask"])
-            totals = {k: totals[k] + float(counts[k]) for k in totals}
+            sums = counts if sums is None else jax.tree_util.tree_map(lambda a, b: a + b, sums, counts)
+        if sums is not None:  # one read per evaluation
+            totals = {k: float(v) for k, v in jax.device_get(sums).items()}
         if not totals["count"]:
             return False
+        reached = bool(cfg.target_accuracy) and totals["top1"] / totals["count"] >= cfg.target_accuracy
+        if reached and self.meta["time_to_accuracy_s"] is None:
+            self.meta["time_to_accuracy_s"] = self._wall()
         result = {"top1": totals["top1"] / totals["count"], "top5": totals["top5"] / totals["count"],
                   "count": int(totals["count"]), "eval_time_s": time.perf_counter() - t0,
-                  "epoch": done / self.steps_per_epoch}
+                  "epoch": done / self.steps_per_epoch, "wall_s": self._wall(),
+                  "time_to_accuracy_s": self.meta["time_to_accuracy_s"]}
         self.last_eval = result
         self.meta["best_top1"] = max(self.meta["best_top1"], result["top1"])
         self.stream.emit("eval", step=done, **result)
         self.log(f"  eval at step {done}: top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f} "
                  f"({result['count']} images)")
-        if cfg.target_accuracy and result["top1"] >= cfg.target_accuracy and self.meta["time_to_accuracy_s"] is None:
-            self.meta["time_to_accuracy_s"] = self._wall()
-            return True
-        return False
+        return reached
 
     def _save(self, step: int) -> None:
-        """Checkpoint asynchronously: training goes on while Orbax writes."""
-        self.meta.update(step=int(step), wall_s=self._wall(),
-                         train_images=int(self.before["train_images"] + self.images),
-                         train_time_s=float(self.before["train_time_s"] + self.train_time))
+        """Checkpoint asynchronously (training goes on while Orbax writes); the caller checked finiteness."""
+        position = self.positions.wait_for(step) if self.positions is not None else None
+        self.meta.update(step=int(step), wall_s=self._wall(), train_images=int(self.clock.images),
+                         train_time_s=float(self.clock.seconds), input_position=position)
         self.ckpt.save(step, self.state, dict(self.meta))
 
     def _wall(self) -> float:
         """Wall seconds of the whole run so far, compile and evaluation included, across resumes."""
         return float(self.before["wall_s"]) + time.perf_counter() - self.wall_start
 
-    def _stop_non_finite(self, step: int, loss: float) -> None:
+    def _stop_non_finite(self, first: int, last: int, loss: float) -> None:
         self.ckpt.wait()
         good = self.ckpt.latest_step()
-        where = f"step {good} in {self.workdir / 'checkpoints'}" if good is not None else "none (no checkpoint yet)"
-        what = f"loss is {loss}" if not math.isfinite(loss) else "the update made parameters non-finite"
-        message = (f"{what} at step {step}: training stopped. The last good checkpoint is {where}; "
-                   f"the bad state was not saved. Try a lower learning rate (peak {self.config.learning_rate}).")
-        self.stream.emit("run", step=step, phase="end", error=message)
+        folder = storage.join(self.workdir, "checkpoints")
+        where = f"step {good} in {folder}" if good is not None else "none (no checkpoint yet)"
+        at = f"step {last}" if first == last else f"steps {first}..{last}"
+        message = (f"loss, parameters or BN statistics became NaN/inf at {at} (loss {loss}): training stopped. "
+                   f"The last good checkpoint is {where}; the bad state was not saved. Try a lower learning "
+                   f"rate (peak {self.config.learning_rate}).")
+        self.stream.emit("run", step=last, phase="end", error=message)
         raise NonFiniteLossError(message)
 
     def _finish(self, reason: str) -> dict:
         cfg, topo = self.config, self.topo
         self.ckpt.wait()
-        images = self.before["train_images"] + self.images
-        clock = self.before["train_time_s"] + self.train_time
-        ips = images / clock if clock > 0 else float("nan")
-        flops = step_flops(self._lowered_step()) if self.images else None
-        peak = peak_flops_per_device(topo.mesh.devices.flat[0])
-        simulated = topo.simulated
+        steady = self.clock.images_per_s
+        wall = self._wall()
+        steps = int(self.meta["step"])
+        wall_rate = steps * cfg.global_batch / wall if wall > 0 and steps else None
+        flops = step_flops(self._cost_analysis()) if self.programs.compiled else None
+        peak, peak_note = peak_flops_per_device(dtype=cfg.dtype)
+        utilisation = mfu(flops, steady, cfg.global_batch, peak)
+        simulated = jax.default_backend() == "cpu"
         summary = {
-            "stopped": reason, "steps": int(self.meta["step"]), "epochs": self.meta["step"] / self.steps_per_epoch,
+            "stopped": reason, "steps": steps, "epochs": steps / self.steps_per_epoch,
             "top1": self.last_eval.get("top1"), "top5": self.last_eval.get("top5"),
             "best_top1": self.meta["best_top1"], "target_accuracy": cfg.target_accuracy or None,
-            "time_to_accuracy_s": self.meta["time_to_accuracy_s"], "wall_time_s": self._wall(),
-            "train_time_s": clock, "images_per_s": ips, "images_per_s_per_replica": ips / topo.num_replicas,
-            "images_per_s_per_device": ips / topo.num_replicas, "devices": topo.label,
-            "flops_per_step_per_device": flops,
-            "mfu": (flops * ips / cfg.global_batch / peak) if flops and peak and images else None,
+            "time_to_accuracy_s": self.meta["time_to_accuracy_s"], "wall_time_s": wall,
+            "images_per_s": steady, "images_per_s_wall": wall_rate, "train_time_s": self.clock.seconds,
+            "images_per_s_per_replica": steady / topo.num_replicas if steady else None,
+            "images_per_s_per_device": steady / jax.device_count() if steady else None,
+            "compile_time_s": self.programs.compile_s, "steps_per_loop": cfg.steps_per_loop,
+            "flops_per_step_per_device": flops, "peak_flops_per_device": peak, "mfu": utilisation,
+            "mfu_reason": (f"{peak_note}; FLOPs from XLA's cost analysis of the compiled step" if utilisation
+                           else "no FLOP count from XLA" if not flops else
+                           "no steady-state window yet" if not steady else peak_note),
             "skipped_records": getattr(self.iterator, "skipped", 0),
             "input_wait_s": (self.iterator.summary()["input_wait_s"] if hasattr(self.iterator, "summary") else 0.0),
             "simulated": simulated, "workdir": str(self.workdir),
         }
         self.stream.emit("run", step=self.meta["step"], phase="end", **summary)
         if jax.process_index() == 0:
-            (self.workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+            storage.write_text(storage.join(self.workdir, "summary.json"), json.dumps(summary, indent=1))
         label = " (simulated CPU devices: not a hardware number)" if simulated else ""
         tta = summary["time_to_accuracy_s"]
         self.log(f"train: {reason} after {summary['steps']} steps; top-1 {summary['top1'] or 0:.4f}"
-                 + (f"; reached {cfg.target_accuracy:.2%} in {tta:.1f} s wall (compile included)" if tta else "")
-                 + f"; {ips:,.0f} images/s steady{label}")
+                 + (f"; reached {cfg.target_accuracy:.2%} in {tta:.1f} s wall from the first start" if tta else "")
+                 + (f"; {steady:,.0f} images/s steady" if steady else "")
+                 + (f", {wall_rate:,.0f} images/s wall" if wall_rate else "") + label)
         return summary
 
-    def _lowered_step(self):
-        """The plain step, lowered (not compiled again) for XLA's FLOP count."""
+    def _cost_analysis(self):
+        """XLA's cost analysis of the compiled one-step program (compiled now if only K-step programs ran)."""
         spec = jax.ShapeDtypeStruct
         shape = (self.config.global_batch, self.config.image_size, self.config.image_size, 3)
         img = spec(shape, jax.numpy.bfloat16, sharding=self.topo.batch_sharding)
         lbl = spec(shape[:1], jax.numpy.int32, sharding=self.topo.batch_sharding)
         try:
-            return self.steps[False].lower(self.state, img, lbl)
+            return self.programs.cost_analysis(self.state, self.programs.new_window(), img, lbl)
         except Exception:  # noqa: BLE001 - FLOPs are a nicety; never fail a finished run over them
             return None
 
