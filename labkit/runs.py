@@ -13,13 +13,16 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime
+import io
 import itertools
 import json
 import os
-import shutil
 import sys
+import tempfile
 import threading
 from pathlib import Path
+
+from labkit import storage
 
 __all__ = ["HELP", "add_arguments", "run", "run_notebook", "config_from_parameters", "default_workdir",
            "INDEX_COLUMNS", "finished_summary", "discard_failed_start", "last_checkpoint", "interrupted_line"]
@@ -42,14 +45,14 @@ def config_from_parameters(preset: str, namespace: dict):
 
 def default_workdir(name: str, runs_dir: str | Path = "runs") -> str:
     """A fresh run directory ``runs/<name>-<date-time>`` (a re-run notebook starts a new run, not a resume)."""
-    return str(Path(runs_dir) / f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    return storage.join(runs_dir, f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")  # runs_dir may be gs://
 
 
 def finished_summary(run_dir: str | Path) -> dict | None:
     """``run_dir``'s summary when that run finished (target reached or all epochs done), else None."""
-    path = Path(run_dir) / "summary.json"
+    path = storage.join(run_dir, "summary.json")
     try:
-        summary = json.loads(path.read_text())
+        summary = json.loads(storage.read_text(path))
     except (OSError, ValueError):
         return None
     return summary if isinstance(summary, dict) and summary.get("stopped") in _FINISHED else None
@@ -57,8 +60,9 @@ def finished_summary(run_dir: str | Path) -> dict | None:
 
 def last_checkpoint(workdir: str | Path) -> int | None:
     """The newest checkpoint step in ``workdir/checkpoints`` (Orbax step folders), or None."""
-    folder = Path(workdir) / "checkpoints"
-    steps = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()] if folder.is_dir() else []
+    folder = storage.join(workdir, "checkpoints")
+    steps = ([int(n) for n in storage.listdir(folder) if n.isdigit() and storage.isdir(storage.join(folder, n))]
+             if storage.isdir(folder) else [])
     return max(steps) if steps else None
 
 
@@ -66,16 +70,17 @@ def discard_failed_start(workdir: str | Path) -> list[str]:
     """After a start that trained nothing (no checkpoint), remove what it wrote so the corrected command is not
     refused as "a different config": config.json, telemetry, summary.json and the empty checkpoints folder.
     A workdir holding a checkpoint is left alone. Returns the names removed."""
-    workdir = Path(workdir)
-    if not workdir.is_dir() or last_checkpoint(workdir) is not None:
+    if not storage.isdir(workdir) or last_checkpoint(workdir) is not None:
         return []
     removed = []
-    for path in [workdir / "config.json", workdir / "summary.json", *workdir.glob("telemetry*.jsonl")]:
-        if path.is_file():
-            path.unlink()
-            removed.append(path.name)
-    if (workdir / "checkpoints").is_dir():
-        shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
+    telemetry_names = map(storage.basename, storage.glob(storage.join(workdir, "telemetry*.jsonl")))
+    names = ["config.json", "summary.json", *telemetry_names]
+    for path in [storage.join(workdir, n) for n in names]:
+        if storage.isfile(path):
+            storage.remove(path)
+            removed.append(storage.basename(path))
+    if storage.isdir(storage.join(workdir, "checkpoints")):
+        storage.rmtree(storage.join(workdir, "checkpoints"))
         removed.append("checkpoints/")
     return removed
 
@@ -86,7 +91,7 @@ def interrupted_line(command: str, workdir: str | Path, resume: str) -> str:
     if step is None:
         discard_failed_start(workdir)
         return f"labkit {command}: interrupted before the first checkpoint; nothing kept. Start again with: {resume}"
-    return (f"labkit {command}: interrupted; checkpoint kept: step {step} in {Path(workdir) / 'checkpoints'}. "
+    return (f"labkit {command}: interrupted; checkpoint kept: step {step} in {storage.join(workdir, 'checkpoints')}. "
             f"Resume with: {resume}")
 
 
@@ -129,7 +134,7 @@ class _Progress:
 
     def __init__(self, run_dir: Path, out=None, period_s: float = 1.0):
         from labkit import telemetry
-        self.follower = telemetry.JsonlFollower(run_dir / "telemetry.jsonl")
+        self.follower = telemetry.JsonlFollower(storage.join(run_dir, "telemetry.jsonl"))
         self.out, self.period_s = out or sys.stdout, period_s
         self.total, self.next_step = None, 0
         self.stop = threading.Event()
@@ -172,10 +177,16 @@ class _Progress:
 
 @contextlib.contextmanager
 def _quiet_stderr(log_path: Path):
-    """Send file descriptor 2 (the kernel's and TensorFlow's C++ messages, jupyter warnings) to ``log_path``."""
+    """Send file descriptor 2 (the kernel's and TensorFlow's C++ messages, jupyter warnings) to ``log_path``
+    (a gs:// log is written locally first and uploaded at the end: a file descriptor needs a local file)."""
     sys.stderr.flush()
     saved = os.dup(2)
-    with open(log_path, "ab") as log:
+    local = log_path
+    if storage.is_url(log_path):
+        local = os.path.join(tempfile.mkdtemp(prefix="labkit-run-"), "kernel.log")
+    with open(local, "ab") as log, contextlib.ExitStack() as upload:
+        if local != log_path:
+            upload.callback(lambda: storage.write_bytes(log_path, Path(local).read_bytes()))
         os.dup2(log.fileno(), 2)
         try:
             yield
@@ -194,7 +205,7 @@ def run_notebook(notebook: str | Path, parameters: dict, name: str, runs_dir: st
     TensorFlow messages go to ``kernel.log`` in the run directory.
     """
     import papermill as pm
-    notebook, run_dir = Path(notebook), Path(runs_dir) / name
+    notebook, run_dir = Path(notebook), storage.join(runs_dir, name)  # runs_dir: local or gs://
     _check_parameters(notebook, parameters)
     row = {"name": name, "notebook": str(notebook), "parameters": json.dumps(parameters, sort_keys=True),
            "run_dir": str(run_dir), "status": "ok", "error": ""}
@@ -202,42 +213,43 @@ def run_notebook(notebook: str | Path, parameters: dict, name: str, runs_dir: st
     if done is not None:
         row.update({k: done.get(k) for k in _SUMMARY_FIELDS}, status="finished")
         return row
-    run_dir.mkdir(parents=True, exist_ok=True)
-    params = dict(parameters, workdir=str(run_dir.resolve()))
+    storage.makedirs(run_dir)
+    params = dict(parameters, workdir=storage.absolute(run_dir))
     tracker = _Progress(run_dir) if progress else contextlib.nullcontext()
     try:
-        with _quiet_stderr(run_dir / "kernel.log"), tracker:
-            pm.execute_notebook(str(notebook), str(run_dir / notebook.name), parameters=params,
+        with _quiet_stderr(storage.join(run_dir, "kernel.log")), tracker:
+            pm.execute_notebook(str(notebook), storage.join(run_dir, notebook.name), parameters=params,
                                 kernel_name=kernel, progress_bar=False, cwd=str(notebook.parent))
     except pm.PapermillExecutionError as e:  # the notebook's own error: labkit's message is in evalue
         row.update(status="failed", error=f"{e.ename}: {e.evalue}")
         discard_failed_start(run_dir)
-    summary_file = run_dir / "summary.json"
-    if summary_file.is_file():
-        summary = json.loads(summary_file.read_text())
+    summary_file = storage.join(run_dir, "summary.json")
+    if storage.isfile(summary_file):
+        summary = json.loads(storage.read_text(summary_file))
         row.update({k: summary.get(k) for k in _SUMMARY_FIELDS})
     row["finished_at"] = datetime.datetime.now().isoformat(timespec="seconds")
-    _append_index(Path(runs_dir) / "index.csv", row)
+    _append_index(storage.join(runs_dir, "index.csv"), row)
     return row
 
 
 _SUMMARY_FIELDS = ("top1", "best_top1", "time_to_accuracy_s", "images_per_s", "steps", "wall_time_s", "simulated")
 
 
-def _append_index(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=INDEX_COLUMNS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in INDEX_COLUMNS})
+def _append_index(path: str, row: dict) -> None:
+    new = not storage.exists(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=INDEX_COLUMNS, extrasaction="ignore")
+    if new:
+        writer.writeheader()
+    writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in INDEX_COLUMNS})
+    with storage.open_append(path) as f:  # local: append; gs://: the object rewritten with the new row
+        f.write(text.getvalue().encode("utf-8"))
 
 
-def _index_counts(path: Path) -> tuple[int, int]:
+def _index_counts(path: str) -> tuple[int, int]:
     """(runs, failed runs) in the whole index."""
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+        rows = list(csv.DictReader(io.StringIO(storage.read_text(path), newline="")))
     except OSError:
         return 0, 0
     return len(rows), sum(r.get("status") not in ("ok", "") for r in rows)
@@ -272,13 +284,13 @@ def run(args) -> int:
             row = run_notebook(args.notebook, {**base, **point}, name, args.runs_dir, args.kernel)
         except KeyboardInterrupt:
             resume = " ".join(["labkit", "run", *_argv_with_name(args, stem)])
-            print(interrupted_line("run", Path(args.runs_dir) / name, resume), file=sys.stderr)
+            print(interrupted_line("run", storage.join(args.runs_dir, name), resume), file=sys.stderr)
             return 130
         failed += row["status"] == "failed"
         ran += row["status"] != "finished"
         _print_row(row, Path(args.notebook).name)
-    total, total_failed = _index_counts(Path(args.runs_dir) / "index.csv")
-    print(f"index: {Path(args.runs_dir) / 'index.csv'} ({total} run(s), {total_failed} failed; "
+    total, total_failed = _index_counts(storage.join(args.runs_dir, "index.csv"))
+    print(f"index: {storage.join(args.runs_dir, 'index.csv')} ({total} run(s), {total_failed} failed; "
           f"this command: {ran} run, {failed} failed)")
     return 1 if failed else 0
 
@@ -290,9 +302,9 @@ def _argv_with_name(args, stem: str) -> list[str]:
 
 
 def _print_row(row: dict, notebook_name: str) -> None:
-    run_dir = Path(row["run_dir"])
+    run_dir = row["run_dir"]
     if row["status"] == "failed":
-        print(f"  FAILED: {row['error']}\n  executed notebook (with the error): {run_dir / notebook_name}",
+        print(f"  FAILED: {row['error']}\n  executed notebook (with the error): {storage.join(run_dir, notebook_name)}",
               file=sys.stderr)
         return
     fmt = lambda v, f: "n/a" if v in (None, "") else format(v, f)  # noqa: E731
@@ -305,5 +317,5 @@ def _print_row(row: dict, notebook_name: str) -> None:
           f"wall; {fmt(row.get('images_per_s'), ',.0f')} images/s steady{sim}")
     print(f"  run directory: {run_dir}  (executed notebook, telemetry.jsonl, summary.json; kernel messages: "
           "kernel.log)")
-    if (run_dir / "dashboard.html").is_file():
-        print(f"  dashboard: {run_dir / 'dashboard.html'} (static), or live: labkit dashboard {run_dir}")
+    if storage.isfile(storage.join(run_dir, "dashboard.html")):
+        print(f"  dashboard: {storage.join(run_dir, 'dashboard.html')} (static), or live: labkit dashboard {run_dir}")

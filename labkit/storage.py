@@ -96,10 +96,15 @@ def size(path) -> int:
     gfile = _gfile()
     try:
         return int(gfile.stat(_str(path)).length)
-    except Exception as e:  # tf.errors.NotFoundError is not an OSError
-        if type(e).__name__ == "NotFoundError":
-            raise FileNotFoundError(f"{_str(path)!r} does not exist") from e
+    except Exception as e:
+        _raise_not_found(e, path)
         raise
+
+
+def _raise_not_found(error: Exception, path) -> None:
+    """TensorFlow's NotFoundError is not an OSError: callers catch FileNotFoundError for local and URL alike."""
+    if type(error).__name__ == "NotFoundError":
+        raise FileNotFoundError(f"{_str(path)!r} does not exist") from error
 
 
 def glob(pattern) -> list[str]:
@@ -135,8 +140,13 @@ def open_file(path, mode: str = "r"):
 
 
 def read_bytes(path) -> bytes:
-    with open_file(path, "rb") as f:
-        return f.read()
+    """A whole file; ``FileNotFoundError`` when it does not exist (local or URL)."""
+    try:
+        with open_file(path, "rb") as f:
+            return f.read()
+    except Exception as e:
+        _raise_not_found(e, path)
+        raise
 
 
 def read_text(path) -> str:
@@ -166,8 +176,15 @@ def read_range(path, offset: int, max_bytes: int | None = None) -> tuple[int, by
 
     Readers that follow a growing file use it: the size tells them whether the file was truncated or replaced.
     """
-    with open_file(path, "rb") as f:
-        total = os.fstat(f.fileno()).st_size if not is_url(path) else size(path)
+    if is_url(path):
+        total = size(path)  # FileNotFoundError when missing
+        if offset >= total:
+            return total, b""
+        with open_file(path, "rb") as f:
+            f.seek(offset)
+            return total, f.read(-1 if max_bytes is None else max_bytes)
+    with builtins.open(path, "rb") as f:
+        total = os.fstat(f.fileno()).st_size
         if offset >= total:
             return total, b""
         f.seek(offset)

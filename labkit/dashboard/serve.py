@@ -39,6 +39,10 @@ def make_app(run_dir, *, view: str = "overview", period_ms: int = 500):
               "collectives": dashboard.collective_view}
 
     def app():
+        import panel as pn
+        if pn.state.curdoc is not None:  # the browser tab's title names the page and the run
+            name = Path(run_dir).name or str(run_dir)
+            pn.state.curdoc.title = f"labkit dashboard: {name}" if view == "overview" else f"labkit {view}: {name}"
         if view == "overview":
             return dashboard.overview(source, period_ms=period_ms)
         return single[view](source, period_ms=period_ms)
@@ -66,22 +70,23 @@ def _check_port(address: str, port: int) -> int:
 
 
 def run(args) -> int:
-    run_dir = Path(args.run_dir)
+    from labkit import storage
+    run_dir = args.run_dir if storage.is_url(args.run_dir) else Path(args.run_dir)  # gs:// URLs stay strings
     if args.save:
         from labkit import telemetry
         from labkit.dashboard import RunDirSource, save_snapshot
-        if not run_dir.is_dir() or not telemetry.telemetry_files(run_dir):
-            what = "does not exist" if not run_dir.exists() else (
-                "is not a directory" if not run_dir.is_dir() else "holds no telemetry*.jsonl")
+        if not storage.isdir(run_dir) or not telemetry.telemetry_files(run_dir):
+            what = "does not exist" if not storage.exists(run_dir) else (
+                "is not a directory" if not storage.isdir(run_dir) else "holds no telemetry*.jsonl")
             raise ValueError(f"--save: run directory {str(run_dir)!r} {what}, so there is nothing to save; "
                              "allowed: a run directory holding telemetry.jsonl (serve a run that has not "
                              "started yet without --save: the page waits for it)")
         path = save_snapshot(RunDirSource(run_dir), args.save, title=f"labkit dashboard: {run_dir}")
         print(f"labkit dashboard: wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, self-contained)")
         return 0
-    if not run_dir.is_dir():
+    if not storage.isdir(run_dir):
         print(f"labkit dashboard: {run_dir} is not a directory (yet); the page says so and waits for "
-              f"{run_dir / 'telemetry.jsonl'}", file=sys.stderr)
+              f"{storage.join(run_dir, 'telemetry.jsonl')}", file=sys.stderr)
     if args.period_ms < 50:
         raise ValueError(f"--period-ms: {args.period_ms} is too fast to be useful; allowed: >= 50")
     import panel as pn
@@ -89,5 +94,5 @@ def run(args) -> int:
     print(f"labkit dashboard: serving {run_dir} at http://{args.address}:{port}/ (Ctrl-C stops)", flush=True)
     pn.serve({"/": make_app(run_dir, view=args.view, period_ms=args.period_ms)}, port=port, address=args.address,
              websocket_origin=[f"{args.address}:{port}", f"localhost:{port}"], show=args.show,
-             title=f"labkit: {run_dir.name or run_dir}", verbose=False)
+             verbose=False)  # the page title is set per session by make_app
     return 0

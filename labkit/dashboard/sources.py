@@ -15,7 +15,7 @@ import collections
 import os
 from pathlib import Path
 
-from labkit import telemetry
+from labkit import storage, telemetry
 
 __all__ = ["MemorySource", "RunDirSource", "Reader", "as_source"]
 
@@ -135,7 +135,7 @@ class RunDirSource:
     """
 
     def __init__(self, run_dir: str | os.PathLike):
-        self.run_dir = Path(run_dir)
+        self.run_dir = run_dir if storage.is_url(run_dir) else Path(run_dir)  # a local path or a gs:// URL
 
     @property
     def label(self) -> str:
@@ -162,20 +162,21 @@ class _RunDirReader(Reader):
 
     def _update_status(self) -> None:
         d = self._run_dir
-        if not d.exists():
+        if not storage.exists(d):
             self.status = (f"run directory {d} does not exist (yet): waiting for a run to write "
-                           f"{d / 'telemetry.jsonl'}")
-        elif not d.is_dir():
+                           f"{storage.join(d, 'telemetry.jsonl')}")
+        elif not storage.isdir(d):
             self.status = f"{d} is not a directory: give the run directory that holds telemetry.jsonl"
         elif not self._followers:
             self.status = f"run directory {d} has no telemetry*.jsonl yet: waiting for the run to start"
         elif not self.seen:
-            self.status = f"{', '.join(p.name for p in self._followers)} in {d} has no complete event yet: waiting"
+            names = ", ".join(storage.basename(p) for p in self._followers)
+            self.status = f"{names} in {d} has no complete event yet: waiting"
         else:
             self.status = ""
 
     def _read(self) -> list[dict]:
-        if self._run_dir.is_dir():
+        if storage.isdir(self._run_dir):
             for path in telemetry.telemetry_files(self._run_dir):
                 if path not in self._followers:
                     self._followers[path] = telemetry.JsonlFollower(path)
