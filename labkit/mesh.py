@@ -272,8 +272,8 @@ class Topology:
                              f"{n}; allowed shapes: {', '.join(f'{a}x{b}' for a, b in allowed_shapes(n))}")
         allowed = allowed_bn_groups(shape)
         if not isinstance(bn_group, (int, np.integer)) or isinstance(bn_group, bool) or bn_group not in allowed:
-            hint = (" (one device: labkit simulates 8 CPU devices for the mesh lessons when JAX is started "
-                    "by labkit.lab.setup)") if n == 1 else ""
+            hint = (" (one device: the mesh lessons need several; labkit.lab.setup starts JAX with "
+                    "LABKIT_CPU_DEVICES, default 8, simulated CPU devices for them)") if n == 1 else ""
             raise ValueError(f"bn_group: {bn_group!r} does not tile a {shape[0]}x{shape[1]} torus{hint}; "
                              f"allowed values: {allowed}")
         bn_group = int(bn_group)

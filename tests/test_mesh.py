@@ -225,5 +225,5 @@ def test_topology_rejects_unknown_device_role():
 
 
 def test_one_device_bn_group_error_explains_the_mesh_lessons():
-    with pytest.raises(ValueError, match=r"bn_group: 2 does not tile a 1x1 torus \(one device: .*allowed values: \[1\]"):
+    with pytest.raises(ValueError, match=r"bn_group: 2 does not tile a 1x1 torus \(one device: the mesh lessons need several; .*allowed values: \[1\]"):
         Topology.build(bn_group=2, devices=jax.devices()[:1])
