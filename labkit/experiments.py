@@ -104,11 +104,9 @@ def _row(name: str, run_dir: Path, index_row: dict) -> tuple[dict, list[dict]]:
                per_replica_batch=config["global_batch"] // replicas,
                bn_batch=config["global_batch"] // replicas * config["bn_group"],
                peak_lr=config["peak_lr"] or config["base_lr"] * config["global_batch"] / 256)
-    events = _events(run_dir, ("run", "eval", "step"))
+    row["input_wait_s"] = summary.get("input_wait_s")  # the whole run's wait for input batches
+    events = _events(run_dir, ("run", "eval"))
     start = next((e["time"] for e in events if e["kind"] == "run" and e.get("phase") == "start"), None)
-    waits = [e.get("input_wait_s") for e in events if e["kind"] == "step" and not e.get("compile")]
-    waits = [w for w in waits if isinstance(w, (int, float))]
-    row["input_wait_s"] = sum(waits) if waits else None
     curve = [{"run": run_dir.name, "input_rung": row["input_rung"], "optimizer": row["optimizer"],
               "global_batch": row["global_batch"], "bn_group": row["bn_group"], "seed": row["seed"],
               "step": e["step"], "time_s": e["time"] - start if start else None, "top1": e.get("top1")}
@@ -306,11 +304,13 @@ def plot(name: str, data: dict):
     return Plot(fig, EXPERIMENTS[name]["title"])
 
 
-def recompute(name: str, *, root: str | os.PathLike = ".", results_dir: str | os.PathLike | None = None,
+def recompute(name: str, *, root: str | os.PathLike | None = None, results_dir: str | os.PathLike | None = None,
               nice: int = 10) -> Path:
-    """Run experiment ``name``'s commands again from ``root`` (the repository root; runs go under its
-    ``runs/``) with ``nice``, then ``collect`` into ``results_dir``. Minutes per run on a 2-core CPU."""
+    """Run experiment ``name``'s commands again from ``root`` (default: the repository root; runs go under its
+    ``runs/``) with ``nice``, then ``collect`` into ``results_dir``. Minutes per run on a 2-core CPU; runs that
+    already finished there are kept (``labkit run`` leaves them untouched)."""
     spec = _check(name)
+    root = Path(root) if root is not None else RESULTS_DIR.parent
     labkit = [sys.executable, "-m", "labkit.cli"]
     for command in spec["commands"]:
         words = shlex.split(command)[1:]  # drop "labkit"

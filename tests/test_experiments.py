@@ -1,0 +1,72 @@
+"""labkit.experiments: sweeps are collected into results/ faithfully, and the committed results are complete."""
+import csv
+import json
+
+import pytest
+
+from labkit import experiments
+from labkit.config import Config
+
+
+def _fake_run(runs_dir, name, config, summary, evals=()):
+    run_dir = runs_dir / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(config.to_json())
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    events = [{"kind": "run", "phase": "start", "time": 100.0, "step": 0}]
+    events += [{"kind": "eval", "time": 100.0 + t, "step": s, "top1": a} for s, t, a in evals]
+    (run_dir / "telemetry.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    return {"name": name, "status": "ok", "run_dir": str(run_dir)}
+
+
+def _write_index(runs_dir, rows):
+    with open(runs_dir / "index.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["name", "status", "run_dir"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_collect_writes_the_runs_figure_command_and_machine(tmp_path):
+    runs = tmp_path / "runs" / "input_ladder"
+    base = Config(dataset="fashion_mnist", global_batch=256)
+    rows = [_fake_run(runs, "ladder-input_rung=naive", base.replace(input_rung="naive"),
+                      {"top1": 0.71, "steps": 96, "images_per_s": 400.0, "wall_time_s": 90.0,
+                       "time_to_accuracy_s": 80.5, "input_wait_s": 0.75}, evals=[(32, 30.0, 0.5), (64, 60.0, 0.71)]),
+            _fake_run(runs, "ladder-input_rung=private_threadpool", base.replace(input_rung="private_threadpool"),
+                      {"top1": 0.69, "steps": 160, "images_per_s": 900.0, "wall_time_s": 70.0,
+                       "time_to_accuracy_s": None}, evals=[(32, 20.0, 0.69)])]
+    rows.append({"name": "ladder-input_rung=prefetch", "status": "failed", "run_dir": str(runs / "x")})
+    _write_index(runs, rows)
+    out = experiments.collect("input_ladder", tmp_path, tmp_path / "results", machine="test machine\n")
+    data = experiments.load("input_ladder", tmp_path / "results")
+    assert [(r["input_rung"], r["time_to_accuracy_s"], r["top1"]) for r in data["runs"]] == \
+        [("naive", 80.5, 0.71), ("private_threadpool", None, 0.69)]
+    assert data["runs"][0]["input_wait_s"] == 0.75 and data["runs"][1]["input_wait_s"] is None
+    assert [(c["input_rung"], c["time_s"], c["top1"]) for c in data["curves"]] == \
+        [("naive", 30.0, 0.5), ("naive", 60.0, 0.71), ("private_threadpool", 20.0, 0.69)]
+    assert data["machine"] == "test machine\n"
+    assert "labkit run -p preset fmnist-input-ladder" in data["command"]
+    assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = experiments.summarize("input_ladder", data)
+    assert "naive: time to 70% 80.5 s" in text and "private_threadpool: time to 70% not reached" in text
+
+
+def test_collect_without_runs_says_what_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run first: labkit run -p preset fmnist-bn-groups"):
+        experiments.collect("bn_groups", tmp_path, tmp_path / "results")
+    with pytest.raises(ValueError, match=r"'bn' is unknown; allowed: \['bn_groups', 'input_ladder', 'large_batch'\]"):
+        experiments.load("bn")
+
+
+def test_committed_results_are_complete():
+    bn = experiments.load("bn_groups")["runs"]
+    assert sorted((r["bn_group"], r["seed"]) for r in bn) == [(g, s) for g in (1, 2, 4, 8) for s in (0, 1, 2)]
+    assert {(r["per_replica_batch"], r["bn_batch"] // r["bn_group"]) for r in bn} == {(4, 4)}
+    large = experiments.load("large_batch")["runs"]
+    assert {(r["optimizer"], r["global_batch"]) for r in large} == \
+        {(o, b) for o in ("sgd", "lars") for b in (256, 1024, 4096)}
+    ladder = experiments.load("input_ladder")["runs"]
+    assert {r["input_rung"] for r in ladder} == {"naive", "parallel_map", "private_threadpool"}
+    for name in experiments.EXPERIMENTS:
+        folder = experiments.RESULTS_DIR / name
+        assert (folder / "figure.png").is_file() and "simulated" in (folder / "machine.txt").read_text()
