@@ -191,7 +191,9 @@ def initialize_multihost(coordinator_address: str | None = None, num_processes: 
 
 
 def _on_managed_cluster() -> bool:
-    return any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE"))
+    # A single-host TPU VM (a Colab TPU runtime, a v5e-8) may list just itself: no cluster to join.
+    hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+    return len(hosts) > 1 or any(k in os.environ for k in ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE"))
 
 
 def _divisors(n: int) -> list[int]:

@@ -227,3 +227,18 @@ def test_topology_rejects_unknown_device_role():
 def test_one_device_bn_group_error_explains_the_mesh_lessons():
     with pytest.raises(ValueError, match=r"bn_group: 2 does not tile a 1x1 torus \(one device: the mesh lessons need several; .*allowed values: \[1\]"):
         Topology.build(bn_group=2, devices=jax.devices()[:1])
+
+
+def test_single_host_tpu_vm_joins_no_cluster(monkeypatch):
+    import labkit.mesh as mesh
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    for key in ("LABKIT_COORDINATOR", "LABKIT_NUM_PROCESSES", "LABKIT_PROCESS_ID", "SLURM_JOB_ID",
+                "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")   # a Colab TPU runtime / one-host slice
+    assert mesh.initialize_multihost() == 1 and calls == []
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "10.0.0.2,10.0.0.3")  # a pod slice: auto-detected init
+    mesh.initialize_multihost()
+    assert calls == [((), {})]
