@@ -224,8 +224,9 @@ def summarize(name: str, data: dict) -> str:
     if name == "bn_groups":
         for g, rs in _by(runs, "bn_group").items():
             m, sd = _mean_sd(r["top1"] for r in rs)
+            seeds = ", ".join(format(r["top1"], ".4f") for r in sorted(rs, key=lambda r: r["seed"]))
             lines.append(f"g={g} (BN batch {rs[0]['bn_batch']}): top-1 {m:.4f} +- {sd:.4f} over {len(rs)} seeds "
-                         f"({', '.join(f'{r['top1']:.4f}' for r in sorted(rs, key=lambda r: r['seed']))})")
+                         f"({seeds})")
     elif name == "large_batch":
         for opt, rs in _by(runs, "optimizer").items():
             cells = [f"{r['global_batch']}: {r['top1']:.4f} ({r['steps']} steps, peak LR {r['peak_lr']:g})"
