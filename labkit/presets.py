@@ -18,11 +18,12 @@ def cpu8_digits() -> Config:
 
     Command: ``labkit train --config cpu8-digits --workdir runs/digits`` (or ``make run``).
     Runtime: about 1-1.5 minutes on a 2-core CPU, compile included; stops at 97% validation top-1.
-    Topology: 2x4 torus, BN groups of 2 neighbouring replicas, gradients summed by 2-D torus all-reduce.
+    Topology: the most square torus of the plan's mesh devices (2x4 on 8 simulated devices; 2x2 on a 4-chip
+    slice), BN groups of 2 neighbouring replicas, gradients summed by 2-D torus all-reduce.
     Augmentation is milder than ImageNet's (crops keep >= 50% of a 32x32 digit; no mirror images).
     """
     return Config(model="resnet18_small", dataset="digits", image_size=32, global_batch=128, bn_group=2,
-                  shape="2x4", allreduce="torus2d", optimizer="sgd", base_lr=0.4, lr_schedule="poly",
+                  shape="", allreduce="torus2d", optimizer="sgd", base_lr=0.4, lr_schedule="poly",
                   warmup_epochs=2, epochs=20, weight_decay=5e-4, eval_every_epochs=1, crop_area_min=0.5,
                   random_flip=False, target_accuracy=0.97, cpu_devices=8)
 
@@ -153,13 +154,13 @@ def fmnist_large_batch() -> Config:
 
 
 def fmnist_input_ladder() -> Config:
-    """Experiment (c): the input ladder's effect on time-to-accuracy (target 70% top-1, batch 256).
+    """Experiment (c): the input ladder's effect on time-to-accuracy (target 65% top-1, batch 256).
 
     Command: ``labkit run -p preset fmnist-input-ladder --sweep input_rung=naive,parallel_map,private_threadpool``. One run: ``labkit train --config fmnist-input-ladder``.
     Runtime: about 1 minute per run on a 2-core CPU (stops at the target).
     """
     return _fmnist(global_batch=256, bn_group=2, base_lr=0.4, warmup_epochs=0.5, epochs=5.0, train_images=8192,
-                   eval_every_epochs=1.0, target_accuracy=0.70)
+                   eval_every_epochs=1.0, target_accuracy=0.65)
 
 
 PRESETS = {"cpu8-digits": cpu8_digits, "colab": colab, "tpu-vm-slice": tpu_vm_slice,

@@ -48,7 +48,7 @@ def test_collect_writes_the_runs_figure_command_and_machine(tmp_path):
     assert "labkit run -p preset fmnist-input-ladder" in data["command"]
     assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = experiments.summarize("input_ladder", data)
-    assert "naive: time to 70% 80.5 s" in text and "private_threadpool: time to 70% not reached" in text
+    assert "naive: time to 65% 80.5 s" in text and "private_threadpool: time to 65% not reached" in text
 
 
 def test_collect_without_runs_says_what_to_run(tmp_path):
