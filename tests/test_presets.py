@@ -31,8 +31,10 @@ def test_paper_recipe():
 def test_default_lab_run():
     cfg = get_preset("cpu8-digits")
     assert (cfg.dataset, cfg.shape, cfg.bn_group, cfg.allreduce, cfg.target_accuracy) == \
-        ("digits", "2x4", 2, "torus2d", 0.97)
+        ("digits", "", 2, "torus2d", 0.97)
     cfg.check_for(8, [1, 2, 4, 8])
+    assert Topology.build(shape=cfg.shape or None, bn_group=cfg.bn_group).shape == (2, 4)  # as the loop builds it
+    cfg.check_for(4, allowed_bn_groups((2, 2)))   # a 4-chip slice (v4-8, v5p-8) runs it too
 
 
 def test_unknown_preset():
