@@ -210,7 +210,7 @@ class _ObjectAppender:
         self._lock = threading.Lock()
         self._data = bytearray(read_bytes(path) if exists(path) else b"")
         self._written = len(self._data)  # bytes the object holds now
-        self._last = 0.0
+        self._last: float | None = None  # when the object was last written by this handle
 
     def tell(self) -> int:
         return len(self._data)
@@ -224,7 +224,7 @@ class _ObjectAppender:
         with self._lock:
             if len(self._data) == self._written:
                 return
-            if not force and time.monotonic() - self._last < self.interval_s:
+            if not force and self._last is not None and time.monotonic() - self._last < self.interval_s:
                 return
             write_bytes(self.path, bytes(self._data))
             self._written, self._last = len(self._data), time.monotonic()
