@@ -175,7 +175,8 @@ def _fashion_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     if all((folder / f).is_file() for pair in _FASHION_FILES.values() for f in pair):
         return {split: (read_idx(folder / images), read_idx(folder / labels))
                 for split, (images, labels) in _FASHION_FILES.items()}
-    if "google.colab" in sys.modules:  # Colab: the usual fetch (Keras' copy of the same four files)
+    if "google.colab" in sys.modules or os.environ.get("COLAB_RELEASE_TAG"):  # Colab: the usual fetch (Keras'
+        # copy of the same four files); COLAB_RELEASE_TAG also marks a `!labkit ...` subprocess on Colab
         from tensorflow import keras
         (xt, yt), (xv, yv) = keras.datasets.fashion_mnist.load_data()
         return {"train": (xt, yt), "validation": (xv, yv)}
