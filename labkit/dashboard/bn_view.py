@@ -19,7 +19,7 @@ from bokeh.palettes import Viridis256
 
 from labkit.dashboard.feed import Feed, number
 from labkit.dashboard.series import Series
-from labkit.dashboard.style import colors, new_figure, note, waiting_label
+from labkit.dashboard.style import colors, flow_row, new_figure, note, outside_legend, plot_grid, waiting_label
 
 __all__ = ["BNView", "bn_view"]
 
@@ -68,12 +68,10 @@ class BNView:
         self._build_figures()
         self.metric.param.watch(lambda _e: self._refresh_metric(), "value")
         self.panel = pn.Column(
-            pn.Row(pn.pane.HTML("<b>Per-replica batch statistics</b>", margin=(12, 10, 0, 10)), self.metric),
+            flow_row(pn.pane.HTML("<b>Per-replica batch statistics</b>", margin=(12, 10, 0, 10)), self.metric),
             self.readout,
-            pn.Row(pn.pane.Bokeh(self.fig_heat, sizing_mode="stretch_width"),
-                   pn.pane.Bokeh(self.fig_torus, width=330), sizing_mode="stretch_width"),
-            pn.Row(pn.pane.Bokeh(self.fig_replica, sizing_mode="stretch_width"),
-                   pn.pane.Bokeh(self.fig_noise, sizing_mode="stretch_width"), sizing_mode="stretch_width"),
+            plot_grid(self.fig_heat, pn.pane.Bokeh(self.fig_torus, width=330), basis=380, share=55),
+            plot_grid(self.fig_replica, self.fig_noise),
             sizing_mode="stretch_width")
         feed.subscribe(self)
 
@@ -113,7 +111,7 @@ class BNView:
                                            title_text_font_size="10px"), "right")
         self.fig_noise = new_figure(f"BN noise ({_NOISE}, mean over replicas and layers), one line per run",
                                     x_axis_label="step", y_axis_label=f"{_NOISE} (mean)")
-        self.fig_noise.add_layout(Legend(label_text_font_size="10px"), "below")
+        outside_legend(self.fig_noise)
         self._waiting = [waiting_label(self.fig_replica), waiting_label(self.fig_noise)]
 
     # --- feed callbacks --------------------------------------------------------------------------------------
@@ -137,8 +135,8 @@ class BNView:
             if not isinstance(layer, str) or not layer or (self._complete_layers and layer not in self._complete_layers):
                 self.feed.count_bad("bn_stats layer")  # not one of the run's captured layers: never a new row
                 continue
-            events.append(self._clean(e))
-        for e in events:
+            e = self._clean(e)
+            events.append(e)
             if e.get("step") != self._pending_step:
                 self._flush_pending()
                 self._pending_step = e.get("step")
@@ -220,7 +218,6 @@ class BNView:
             color = colors(10)[(len(self.noise) - 1) % 10]
             self.fig_noise.line("step", "noise", source=self.noise[run].source, line_width=2, color=color,
                                 legend_label=f"run {run}: bn_group {bn_group}")
-            self.fig_noise.legend.orientation = "horizontal"
         return self.noise[run]
 
     # --- drawing ---------------------------------------------------------------------------------------------

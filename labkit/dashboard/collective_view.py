@@ -15,7 +15,7 @@ from bokeh.models import ColumnDataSource
 
 from labkit.dashboard.feed import Feed, number, to_float
 from labkit.dashboard.series import Series
-from labkit.dashboard.style import colors, new_figure, note, outside_legend, waiting_label
+from labkit.dashboard.style import colors, new_figure, note, outside_legend, plot_grid, waiting_label
 
 __all__ = ["CollectiveView", "collective_view"]
 
@@ -51,8 +51,7 @@ class CollectiveView:
         self._build_figures()
         self.panel = pn.Column(
             pn.pane.HTML("<b>Collective timing</b>", margin=(12, 10, 0, 10)), self.readout,
-            pn.GridBox(*[pn.pane.Bokeh(f, sizing_mode="stretch_width") for f in self.figures], ncols=3,
-                       sizing_mode="stretch_width"),
+            plot_grid(*self.figures, basis=380, share=30),
             sizing_mode="stretch_width")
         feed.subscribe(self)
 

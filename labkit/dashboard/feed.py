@@ -140,15 +140,15 @@ class Feed:
         """
         if header is None:  # a single view (``labkit dashboard --view``): still a titled page
             name = " and ".join(views)
-            title = self.title or f"labkit {name} view: {self.source.label}"
-            header = pn.pane.HTML(f'<h2 style="margin:4px 0">{html.escape(title)}</h2>', margin=(5, 10),
-                                  sizing_mode="stretch_width")
+            from labkit.dashboard.style import heading
+            header = heading(self.title or f"labkit {name} view: {self.source.label}")
         parts = [header, self.run_info, self.status]
         if self.static:
             parts.append(_static_note())
         for i, view in enumerate(views.values()):
             if i:
-                parts.append(pn.layout.Divider(margin=(4, 10)))
+                parts.append(pn.pane.HTML('<hr style="margin:0;border:0;border-top:1px solid #e5e7eb">',
+                                          sizing_mode="stretch_width", margin=(4, 0)))
             parts.append(view.panel)
         root = pn.Column(*parts, sizing_mode="stretch_width")
         root.feed, root.views = self, dict(views)

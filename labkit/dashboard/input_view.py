@@ -15,7 +15,7 @@ from bokeh.models import ColumnDataSource, FactorRange
 
 from labkit.dashboard.feed import Feed, number
 from labkit.dashboard.series import Series
-from labkit.dashboard.style import colors, new_figure, note, outside_legend, waiting_label
+from labkit.dashboard.style import colors, new_figure, note, outside_legend, plot_grid, waiting_label
 
 __all__ = ["InputView", "input_view"]
 
@@ -40,8 +40,7 @@ class InputView:
         self._build_figures()
         self.panel = pn.Column(
             pn.pane.HTML("<b>Host input queues</b>", margin=(12, 10, 0, 10)), self.readout,
-            pn.GridBox(*[pn.pane.Bokeh(f, sizing_mode="stretch_width") for f in self.figures], ncols=2,
-                       sizing_mode="stretch_width"),
+            plot_grid(*self.figures),
             sizing_mode="stretch_width")
         feed.subscribe(self)
 

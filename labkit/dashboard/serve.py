@@ -11,7 +11,7 @@ import socket
 import sys
 from pathlib import Path
 
-__all__ = ["HELP", "add_arguments", "run", "make_app"]
+__all__ = ["HELP", "add_arguments", "run", "make_app", "page_title"]
 
 HELP = "serve the live dashboard of a run directory on localhost, or --save a static HTML snapshot"
 
@@ -39,14 +39,16 @@ def make_app(run_dir, *, view: str = "overview", period_ms: int = 500):
               "collectives": dashboard.collective_view}
 
     def app():
-        import panel as pn
-        if pn.state.curdoc is not None:  # the browser tab's title names the page and the run
-            name = Path(run_dir).name or str(run_dir)
-            pn.state.curdoc.title = f"labkit dashboard: {name}" if view == "overview" else f"labkit {view}: {name}"
         if view == "overview":
             return dashboard.overview(source, period_ms=period_ms)
         return single[view](source, period_ms=period_ms)
     return app
+
+
+def page_title(run_dir, view: str = "overview") -> str:
+    """The browser tab's title: the page and the run (``pn.serve(..., title=page_title(...))``)."""
+    name = Path(run_dir).name or str(run_dir)
+    return f"labkit dashboard: {name}" if view == "overview" else f"labkit {view}: {name}"
 
 
 def _free_port(address: str) -> int:
@@ -94,5 +96,5 @@ def run(args) -> int:
     print(f"labkit dashboard: serving {run_dir} at http://{args.address}:{port}/ (Ctrl-C stops)", flush=True)
     pn.serve({"/": make_app(run_dir, view=args.view, period_ms=args.period_ms)}, port=port, address=args.address,
              websocket_origin=[f"{args.address}:{port}", f"localhost:{port}"], show=args.show,
-             verbose=False)  # the page title is set per session by make_app
+             title=page_title(run_dir, args.view), verbose=False)
     return 0

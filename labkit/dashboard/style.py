@@ -9,7 +9,7 @@ from bokeh.palettes import Category10_10, Turbo256
 from bokeh.plotting import figure
 import panel as pn
 
-__all__ = ["new_figure", "colors", "note", "waiting_label", "outside_legend"]
+__all__ = ["new_figure", "colors", "note", "waiting_label", "outside_legend", "plot_grid", "flow_row", "heading"]
 
 _TOOLS = "pan,wheel_zoom,box_zoom,reset,save,hover"
 
@@ -29,10 +29,36 @@ def new_figure(title: str, *, height: int = 230, x_axis_label: str | None = None
 def outside_legend(fig, place: str = "below", **kwargs) -> Legend:
     """An (empty) legend beside the plot area, never over the data; glyphs added later with ``legend_label`` or
     ``legend_field`` fill it."""
-    legend = Legend(label_text_font_size="10px", orientation="horizontal" if place in ("below", "above")
-                    else "vertical", **kwargs)
+    if place in ("below", "above"):  # two columns: narrow enough for a phone-width page, short enough for a wide one
+        kwargs.setdefault("ncols", 2)
+    legend = Legend(label_text_font_size="10px", **kwargs)
     fig.add_layout(legend, place)
     return legend
+
+
+def plot_grid(*items, basis: int = 420, share: int = 40) -> pn.FlexBox:
+    """Plots side by side that wrap onto new rows as the page narrows (no horizontal scrollbar at any width).
+    ``items``: Bokeh figures, each at least ``basis`` px or ``share`` % of the row wide (whichever is more,
+    then stretched to fill the row), or Panel panes of a fixed width."""
+    def _cell(item):
+        if isinstance(item, pn.viewable.Viewable):
+            return pn.Column(item, styles={"flex": "0 0 auto"})
+        return pn.Column(pn.pane.Bokeh(item, sizing_mode="stretch_width"), sizing_mode="stretch_width",
+                         styles={"flex": f"1 1 max({basis}px, {share}%)", "min-width": "0"})
+    return pn.FlexBox(*map(_cell, items), flex_wrap="wrap", sizing_mode="stretch_width")
+
+
+def flow_row(*items) -> pn.FlexBox:
+    """A row of headings and widgets that wraps on a narrow page."""
+    return pn.FlexBox(*items, flex_wrap="wrap", align_items="center", sizing_mode="stretch_width")
+
+
+def heading(text: str, level: int = 2) -> pn.pane.HTML:
+    """A page or panel heading that wraps anywhere (long run directory paths included)."""
+    import html
+    style = "margin:4px 0;overflow-wrap:anywhere" + (";font-size:100%" if level > 2 else "")
+    return pn.pane.HTML(f'<h{level} style="{style}">{html.escape(text)}</h{level}>', margin=(5, 10),
+                        sizing_mode="stretch_width", styles={"min-width": "0", "flex": "1 1 200px"})
 
 
 def colors(n: int) -> list[str]:

@@ -16,7 +16,7 @@ from bokeh.models import Span
 
 from labkit.dashboard.feed import Feed, number
 from labkit.dashboard.series import Series
-from labkit.dashboard.style import new_figure, note
+from labkit.dashboard.style import flow_row, new_figure, note, plot_grid
 
 __all__ = ["TrainingView", "training_view"]
 
@@ -49,10 +49,9 @@ class TrainingView:
         self.target.param.watch(lambda _e: self._update_tta(), "value")
         self.x_axis.param.watch(lambda _e: self._switch_x(), "value")
         self.panel = pn.Column(
-            pn.Row(pn.pane.HTML("<b>Training</b>", margin=(12, 10, 0, 10)), self.x_axis, self.target),
+            flow_row(pn.pane.HTML("<b>Training</b>", margin=(12, 10, 0, 10)), self.x_axis, self.target),
             self.readout, self.tta_text,
-            pn.GridBox(*[pn.pane.Bokeh(f, sizing_mode="stretch_width") for f in self.figures], ncols=2,
-                       sizing_mode="stretch_width"),
+            plot_grid(*self.figures),
             sizing_mode="stretch_width")
         feed.subscribe(self)
 

@@ -38,19 +38,19 @@ def serve():
     import panel as pn
     servers = []
 
-    def _serve(factory) -> str:
+    def _serve(factory, title=None) -> str:
         port = free_port()
         server = pn.serve({"/": factory}, port=port, address="127.0.0.1", threaded=True, show=False,
-                          verbose=False, websocket_origin=[f"127.0.0.1:{port}"])
+                          verbose=False, websocket_origin=[f"127.0.0.1:{port}"], title=title)
         servers.append(server)
         url = f"http://127.0.0.1:{port}/"
 
         def _up():
             try:
-                return urllib.request.urlopen(url, timeout=2).status == 200
+                return urllib.request.urlopen(url, timeout=60).status == 200
             except OSError:
                 return False
-        wait_until(_up, message=f"{url} to answer")
+        wait_until(_up, timeout=120, message=f"{url} to answer")  # a loaded machine builds the first page slowly
         return url
 
     yield _serve

@@ -41,11 +41,31 @@ def test_save_writes_a_self_contained_snapshot_holding_the_data(run_dir, tmp_pat
     assert "1 torn or invalid line skipped" in text
 
 
-def test_save_of_a_missing_run_dir_writes_the_waiting_message(tmp_path, capsys):
+def test_save_of_a_missing_or_empty_run_dir_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "empty.html"
-    assert cli.main(["dashboard", str(tmp_path / "missing"), "--save", str(out)]) == 0
-    assert "is not a directory (yet)" in capsys.readouterr().err
-    assert "does not exist (yet)" in out.read_text()
+    assert cli.main(["dashboard", str(tmp_path / "missing"), "--save", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"labkit dashboard: error: --save: run directory '{tmp_path / 'missing'}' does not exist" in err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["dashboard", str(tmp_path / "empty"), "--save", str(out)]) == 2
+    assert "holds no telemetry*.jsonl, so there is nothing to save" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_port_in_use_and_invalid_port_are_one_line_errors(run_dir, tmp_path, capsys):
+    import socket
+    for port, message in (("70000", "--port: 70000 is not a TCP port; allowed: 1-65535, or 0 for a free one"),
+                          ("-1", "--port: -1 is not a TCP port")):
+        assert cli.main(["dashboard", str(run_dir), "--port", port]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert cli.main(["dashboard", str(run_dir), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"--port: 127.0.0.1:{port} is already in use" in err and len(err.strip().splitlines()) == 1
 
 
 def test_static_snapshot_opens_offline_in_chromium(run_dir, tmp_path, browser):

@@ -188,3 +188,120 @@ def test_the_run_config_sets_the_time_to_accuracy_target(stream):
     view = page.views["training"]
     assert view.target.value == 0.97 and view.tta[0] == 20
     assert "97.0% top-1" in view.tta_text.object
+
+
+def _figures(page):
+    from bokeh.plotting import figure as Figure
+    return [f for view in page.views.values() for f in vars(view).values() if isinstance(f, Figure)]
+
+
+def test_every_plot_has_axis_labels_and_its_legend_beside_the_data(stream):
+    from bokeh.models import Legend
+    page = overview(MemorySource(stream), live=False)
+    emit_full_run(stream, steps=30)
+    page.feed.poll()
+    figures = _figures(page)
+    assert len(figures) == 4 + 4 + 4 + 3
+    for fig in figures:
+        assert fig.xaxis[0].axis_label and fig.yaxis[0].axis_label, fig.title.text
+        assert not [r for r in fig.center if isinstance(r, Legend)], fig.title.text  # never over the data
+    bn = page.views["bn"]
+    legend = bn.fig_replica.legend[0]
+    assert legend.title == "colour = BN group"
+    assert [item.label.value for item in legend.items] == ["group A: replicas 0,1", "group B: replicas 2,3",
+                                                           "group C: replicas 4,5", "group D: replicas 6,7"]
+    assert [len(item.renderers) for item in legend.items] == [2, 2, 2, 2]
+    assert bn.color_bar.title == "replica_vs_group (relative deviation)"
+    bn.metric.value = "group_vs_running"
+    assert bn.color_bar.title == "group_vs_running (relative deviation)"
+
+
+def test_switching_the_deviation_redraws_a_finished_runs_plot(stream):
+    page = bn_view(MemorySource(stream), live=False)
+    emit_run_start(stream, bn_group=2)
+    emit_steps(stream, 0, 30, bn_group=2)
+    stream.emit("run", phase="end")
+    page.feed.poll()
+    bn = page.views["bn"]
+    data = bn.per_replica.data()
+    shown = lambda: [data[r.glyph.y] for r in bn.fig_replica.renderers]  # noqa: E731
+    before = shown()
+    # replica r's replica_vs_group, mean over the 3 layers: 0.01 * (1 + 2 + 3) / 3 * (1 + r % 2)
+    np.testing.assert_allclose(before[3], [0.02 * 2] * 6)
+    bn.metric.value = "group_vs_running"  # the run is over: nothing new will arrive
+    after = shown()
+    assert len(after[0]) == 6 and np.allclose(after, noise(2))
+    bn.metric.value = "replica_vs_group"
+    assert shown() == before
+
+
+def test_implausible_values_are_skipped_counted_and_never_stretch_an_axis(stream):
+    page = overview(MemorySource(stream), live=False)
+    emit_run_start(stream)
+    emit_steps(stream, 0, 10)
+    stream.emit("step", step=10, loss=float("nan"), accuracy=0.5, lr=0.1, images_per_s=1e30)
+    stream.emit("bn_stats", step=10, **{**bn_record(0, "stage9/not_a_layer", 2, 8)})
+    stream.emit("bn_stats", step=10, **{**bn_record(0, LAYERS[0], 2, 8), "replica_vs_group": [float("inf")] * 8})
+    stream.emit("collective", step=10, algorithm="torus_2d", bytes=80000, time_s=1e30, source="train")
+    page.feed.poll()
+    steps = page.views["training"].steps.data()
+    assert math.isnan(steps["loss"][-1]) and math.isnan(steps["images_per_s"][-1])
+    assert max(v for v in steps["images_per_s"] if v == v) == 1009.0
+    assert page.views["bn"].layers == list(LAYERS)  # the unknown layer made no heatmap row
+    assert page.views["bn"].mapper.high < 1  # the colour scale is not stretched by inf
+    assert max(page.views["collectives"].train["torus_2d"].data()["time_s"][:-1]) < 1
+    assert dict(page.feed.bad_values) == {"loss": 1, "images_per_s": 1, "bn_stats layer": 1,
+                                          "replica_vs_group": 8, "time_s": 1}
+    assert "12 implausible values skipped" in page.feed.status.object
+    assert page.feed.view_errors == 0
+
+
+def test_time_to_accuracy_and_images_per_s_are_the_loops_own_fields(stream):
+    page = overview(MemorySource(stream), live=False)
+    emit_run_start(stream, config={"target_accuracy": 0.5})
+    for i in range(5):  # the events' own clock (wall_s) differs from the page's: the page must not use its own
+        stream.emit("step", step=i, loss=1.0, accuracy=0.5, lr=0.1, images_per_s=300.0 + i, wall_s=10.0 + i,
+                    compile=i == 0)
+    stream.emit("eval", step=5, top1=0.6, top5=0.9, wall_s=62.8, time_to_accuracy_s=62.8)
+    stream.emit("run", phase="end", stopped="target", top1=0.6, time_to_accuracy_s=62.8, images_per_s=309.0,
+                images_per_s_wall=250.0, wall_time_s=70.0, simulated=True)
+    page.feed.poll()
+    view = page.views["training"]
+    assert "time to 50.0% top-1: 62.8 s (simulation)" in view.tta_text.object and view.tta == (5, 62.8)
+    assert "62.8" in page.feed.run_info.object and "309 images/s steady" in page.feed.run_info.object
+    assert "304 images/s steady since the last log point" in view.readout.object  # the last step, as reported
+    assert view.steps.data()["t"] == [10.0, 11.0, 12.0, 13.0, 14.0]  # the wall-time axis is the loop's wall_s
+
+
+def test_a_resumed_run_shows_its_whole_history(stream):
+    page = overview(MemorySource(stream), live=False)
+    emit_run_start(stream, resumed_from=0)
+    emit_steps(stream, 0, 20)
+    emit_run_start(stream, resumed_from=20)  # the process was interrupted and resumed from step 20
+    emit_steps(stream, 20, 40)
+    page.feed.poll()
+    assert page.views["training"].steps.data()["step"] == list(range(40))
+    assert page.views["collectives"].train["torus_2d"].data()["step"] == list(range(40))
+    assert len(page.views["input"].hosts[0]) == 40
+    assert sorted(page.views["bn"].noise) == [1] and len(page.views["bn"].noise[1]) == 8
+    assert page.feed.runs == 1
+
+
+def test_size_and_cost_model_plots_say_what_to_run(tmp_path):
+    writer = telemetry.EventStream(tmp_path, host=0)
+    emit_run_start(writer)
+    emit_steps(writer, 0, 5)
+    writer.close()
+    page = collective_view(RunDirSource(tmp_path), live=False)
+    view = page.views["collectives"]
+    assert all(label.visible for label in view._bench_waiting)
+    assert f"labkit bench collectives --workdir {tmp_path}" in view._bench_waiting[0].text
+    assert not view._waiting.visible  # the per-step plot has the run's own points
+
+
+def test_a_static_snapshot_disables_its_controls(stream):
+    page = overview(MemorySource(stream), live=False, static=True)
+    widgets = list(page.select(pn.widgets.Widget))
+    assert len(widgets) >= 3 and all(w.disabled for w in widgets)
+    assert "static snapshot: the controls are disabled" in str([o.object for o in page.select(pn.pane.HTML)])
+    assert not any(w.disabled for w in overview(MemorySource(stream), live=False).select(pn.widgets.Widget))
