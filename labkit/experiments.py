@@ -265,6 +265,7 @@ def plot(name: str, data: dict):
                     capsize=4, zorder=3, label="mean +- sd")
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs, [f"g={g}\nBN batch {groups[g][0]['bn_batch']}" for g in xs])
+        ax.set_xlabel("BN group size g (replicas whose statistics are summed)")
         ax.set_ylabel("final validation top-1")
         ax.set_title("BN group size at 4 images per replica", fontsize=10)
         ax.legend(fontsize=8)
