@@ -3,6 +3,7 @@
 #                (notebooks/04_train.ipynb on digits) with papermill into runs/<name>/, then print its summary
 #   make test  - create .venv (if needed), install labkit + test tools, run the whole test suite
 #                (pytest on tests/, and nbval on every notebook)
+#   make lab   - create .venv (if needed) and open the notebooks in JupyterLab (http://127.0.0.1:8888/lab)
 # Python: 3.12 preferred (jax 0.12); 3.11 works (jax 0.10.2). Override with `make PYTHON=/path/to/python3.x`.
 
 PYTHON ?= $(shell for p in python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) \
@@ -11,7 +12,7 @@ PYTHON ?= $(shell for p in python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/b
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run demo test info clean chromium fashion-mnist
+.PHONY: setup run demo test info clean chromium lab fashion-mnist
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "labkit needs Python >= 3.11 (3.12 preferred); set PYTHON=..."; exit 1; }
@@ -28,6 +29,11 @@ run: $(STAMP) fashion-mnist
 
 demo: $(STAMP)
 	$(VENV)/bin/labkit demo
+
+# JupyterLab on this machine only, opened at the notebooks (LAB_ARGS adds options, e.g. LAB_ARGS=--no-browser).
+LAB_PORT ?= 8888
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --port $(LAB_PORT) --notebook-dir notebooks $(LAB_ARGS)
 
 # The dashboard's browser tests drive Debian's Chromium through Playwright (never a downloaded browser).
 CHROMIUM ?= /usr/bin/chromium

@@ -111,3 +111,23 @@ def test_failed_start_keeps_nothing_then_the_fix_runs_then_a_rerun_leaves_it_unt
     out = capsys.readouterr().out
     assert f"already finished: {run_dir} is left untouched" in out
     assert (run_dir / "summary.json").read_bytes() == summary and len(_index(tmp_path)) == 2
+
+
+def test_make_lab_opens_the_notebooks_in_jupyterlab_and_nbconvert_exports_them(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    dry = subprocess.run(["make", "-n", "lab", f"VENV={Path(sys.executable).parent.parent}"], cwd=repo,
+                         capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert "/bin/jupyter lab --ip 127.0.0.1 --port 8888 --notebook-dir notebooks" in dry.stdout
+    version = subprocess.run([str(Path(sys.executable).parent / "jupyter-lab"), "--version"], capture_output=True,
+                             text=True, timeout=120)
+    assert version.returncode == 0 and version.stdout.strip().startswith("4."), version.stderr
+    from nbconvert import HTMLExporter
+    body, _ = HTMLExporter().from_filename(str(repo / "notebooks" / "00_setup.ipynb"))
+    assert "<html" in body and "labkit" in body
