@@ -41,9 +41,12 @@ EXPERIMENTS = {
         "title": "LARS vs SGD as the global batch grows, same epochs (Fashion-MNIST, resnet_tiny, 8 replicas)",
         "commands": ["labkit run -p preset fmnist-large-batch --sweep global_batch=256,1024,4096 "
                      "--name lars --runs-dir runs/large_batch",
+                     "labkit run -p preset fmnist-large-batch -p base_lr 4.0 --sweep global_batch=256,1024,4096 "
+                     "--name lars-lr4 --runs-dir runs/large_batch",
                      "labkit run -p preset fmnist-large-batch -p optimizer sgd -p base_lr 0.2 "
                      "--sweep global_batch=256,1024,4096 --name sgd --runs-dir runs/large_batch"],
-        "columns": ("optimizer", "global_batch", "peak_lr", "steps", "top1", "images_per_s", "wall_time_s"),
+        "columns": ("optimizer", "base_lr", "global_batch", "peak_lr", "steps", "top1", "images_per_s",
+                    "wall_time_s"),
     },
     "input_ladder": {
         "title": "Input ladder vs time to 65% top-1 (Fashion-MNIST, resnet_tiny, batch 256, 8 replicas)",
@@ -103,6 +106,7 @@ def _row(name: str, run_dir: Path, index_row: dict) -> tuple[dict, list[dict]]:
                global_batch=config["global_batch"], input_rung=config.get("input_rung") or "all",
                per_replica_batch=config["global_batch"] // replicas,
                bn_batch=config["global_batch"] // replicas * config["bn_group"],
+               base_lr=config["base_lr"],
                peak_lr=config["peak_lr"] or config["base_lr"] * config["global_batch"] / 256)
     row["input_wait_s"] = summary.get("input_wait_s")  # the whole run's wait for input batches
     events = _events(run_dir, ("run", "eval"))
@@ -213,6 +217,14 @@ def _mean_sd(values) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _by_optimizer(rows) -> dict:
+    """Rows by optimizer and base LR: 'SGD (LR 0.2 x B/256)', 'LARS (LR 1 x B/256)', ..."""
+    out: dict = {}
+    for r in sorted(rows, key=lambda r: (r["optimizer"] != "sgd", r["base_lr"])):
+        out.setdefault(f"{r['optimizer'].upper()} (LR {r['base_lr']:g} x B/256)", []).append(r)
+    return out
+
+
 _LADDER_ORDER = ("naive", "interleave", "parallel_map", "fused_crop", "cache", "bfloat16", "prefetch",
                  "private_threadpool", "all")
 
@@ -228,10 +240,10 @@ def summarize(name: str, data: dict) -> str:
             lines.append(f"g={g} (BN batch {rs[0]['bn_batch']}): top-1 {m:.4f} +- {sd:.4f} over {len(rs)} seeds "
                          f"({seeds})")
     elif name == "large_batch":
-        for opt, rs in _by(runs, "optimizer").items():
+        for label, rs in _by_optimizer(runs).items():
             cells = [f"{r['global_batch']}: {r['top1']:.4f} ({r['steps']} steps, peak LR {r['peak_lr']:g})"
                      for r in sorted(rs, key=lambda r: r["global_batch"])]
-            lines.append(f"{opt}: " + "; ".join(cells))
+            lines.append(f"{label}: " + "; ".join(cells))
     else:
         for r in sorted(runs, key=lambda r: _LADDER_ORDER.index(r["input_rung"])):
             tta = r["time_to_accuracy_s"]
@@ -270,13 +282,14 @@ def plot(name: str, data: dict):
         ax.set_title("BN group size at 4 images per replica", fontsize=10)
         ax.legend(fontsize=8)
     elif name == "large_batch":
-        for k, (opt, rs) in enumerate(_by(runs, "optimizer").items()):
+        for k, (label, rs) in enumerate(_by_optimizer(runs).items()):
             rs = sorted(rs, key=lambda r: r["global_batch"])
             ax.plot([r["global_batch"] for r in rs], [r["top1"] for r in rs], marker="o", color=colors[k],
-                    label=opt.upper() if opt == "sgd" else opt.upper())
-            for r in rs:
-                ax.annotate(f"{r['steps']} steps", (r["global_batch"], r["top1"]), fontsize=7,
-                            textcoords="offset points", xytext=(4, 4 if k else -10))
+                    label=label)
+            if k == 0:
+                for r in rs:
+                    ax.annotate(f"{r['steps']} steps", (r["global_batch"], r["top1"]), fontsize=7,
+                                textcoords="offset points", xytext=(4, 4))
         ax.set_xscale("log", base=2)
         batches = sorted({r["global_batch"] for r in runs})
         ax.set_xticks(batches, [str(b) for b in batches])

@@ -63,8 +63,8 @@ def test_committed_results_are_complete():
     assert sorted((r["bn_group"], r["seed"]) for r in bn) == [(g, s) for g in (1, 2, 4, 8) for s in (0, 1, 2)]
     assert {(r["per_replica_batch"], r["bn_batch"] // r["bn_group"]) for r in bn} == {(4, 4)}
     large = experiments.load("large_batch")["runs"]
-    assert {(r["optimizer"], r["global_batch"]) for r in large} == \
-        {(o, b) for o in ("sgd", "lars") for b in (256, 1024, 4096)}
+    assert sorted((r["optimizer"], r["base_lr"], r["global_batch"]) for r in large) == \
+        sorted((o, lr, b) for o, lr in (("sgd", 0.2), ("lars", 1.0), ("lars", 4.0)) for b in (256, 1024, 4096))
     ladder = experiments.load("input_ladder")["runs"]
     assert {r["input_rung"] for r in ladder} == {"naive", "parallel_map", "private_threadpool"}
     for name in experiments.EXPERIMENTS:
