@@ -131,3 +131,33 @@ def test_make_lab_opens_the_notebooks_in_jupyterlab_and_nbconvert_exports_them(t
     from nbconvert import HTMLExporter
     body, _ = HTMLExporter().from_filename(str(repo / "notebooks" / "00_setup.ipynb"))
     assert "<html" in body and "labkit" in body
+
+
+@pytest.mark.parametrize("checkpoint", [40, None])
+def test_ctrl_c_during_a_run_prints_one_line_with_the_checkpoint_and_the_resume_command(tmp_path, capsys,
+                                                                                        monkeypatch, checkpoint):
+    import papermill as pm
+
+    def interrupted(notebook, output, parameters, **kwargs):  # what papermill raises when Ctrl-C hits it
+        workdir = tmp_path / "r"
+        (workdir / "config.json").write_text("{}")
+        if checkpoint is not None:
+            (workdir / "checkpoints" / str(checkpoint)).mkdir(parents=True)
+            (workdir / "checkpoints" / "20").mkdir()
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pm, "execute_notebook", interrupted)
+    monkeypatch.setattr("sys.argv", ["labkit", "run", "-p", "bn_group", "4", "--name", "r", "--runs-dir",
+                                     str(tmp_path)])
+    rc = cli.main(["run", "-p", "bn_group", "4", "--name", "r", "--runs-dir", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert rc == 130
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err
+    resume = f"labkit run -p bn_group 4 --name r --runs-dir {tmp_path}"
+    if checkpoint is None:
+        assert lines[0] == f"labkit run: interrupted before the first checkpoint; nothing kept. Start again with: {resume}"
+        assert not (tmp_path / "r" / "config.json").exists()
+    else:
+        assert lines[0] == (f"labkit run: interrupted; checkpoint kept: step 40 in {tmp_path / 'r' / 'checkpoints'}. "
+                            f"Resume with: {resume}")
+        assert (tmp_path / "r" / "config.json").exists()
