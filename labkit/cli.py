@@ -116,6 +116,7 @@ _PLUGINS = {
     ("bench", "input"): "labkit.bench.input",
     ("bench", "collectives"): "labkit.bench.collectives",
     ("bench", "train"): "labkit.bench.train",
+    ("bench", "peers"): "labkit.bench.peers",
     ("data", "convert"): "labkit.data.convert",
     ("dashboard", None): "labkit.dashboard.serve",
     ("run", None): "labkit.runs",

@@ -75,6 +75,7 @@ class Config:
     checkpoint_every_steps: int = 0        # 0: at every evaluation
     keep_checkpoints: int = 2
     log_every_steps: int = 1
+    steps_per_loop: int = 1                # K steps per host call (the paper's iterations_per_loop); <= log_every
     bn_stats_every_steps: int = 20
     collective_every_steps: int = 100      # time the real gradient all-reduce every N steps (0: never)
     seed: int = 0
@@ -117,6 +118,11 @@ class Config:
                     "log_every_steps", "prefetch"):
             _check_range(self, key, lo=0)
         _check_range(self, "keep_checkpoints", lo=1)
+        _check_range(self, "steps_per_loop", lo=1)
+        if self.steps_per_loop > max(1, self.log_every_steps):
+            raise ConfigError(f"config.steps_per_loop: {self.steps_per_loop} exceeds log_every_steps "
+                              f"({self.log_every_steps}): the host reads metrics every {self.log_every_steps} "
+                              f"steps, so no more can run per host call; allowed: 1..{max(1, self.log_every_steps)}")
         if self.warmup_epochs >= self.epochs and self.lr_schedule == "poly":
             raise ConfigError(f"config.warmup_epochs: {self.warmup_epochs} must be < epochs ({self.epochs})")
         if self.shape:

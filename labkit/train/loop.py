@@ -34,6 +34,7 @@ from labkit.train.input import (InputPositions, create_eval_dataset, create_trai
                                 eval_batches)
 from labkit.train.measure import make_allreduce_timer, mfu, peak_flops_per_device, step_flops
 from labkit.train.optim import create_optimizer, create_schedule
+from labkit.train.overlap import enable_latency_hiding
 from labkit.train.step import create_train_state, make_eval_step, make_train_step
 
 __all__ = ["train_and_evaluate", "NonFiniteLossError"]
@@ -55,6 +56,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, force: bool = Fal
     log = log or (lambda _msg: None)
     workdir = workdir if storage.is_url(workdir) else Path(workdir)  # Path() would collapse gs:// to gs:/
     simulate_devices(config.cpu_devices)
+    enable_latency_hiding()  # GPU only, before the backend starts: the all-reduce may overlap backprop
     initialize_multihost()
     topo = Topology.build(shape=config.shape or None, bn_group=config.bn_group)
     config.check_for(topo.num_replicas, allowed_bn_groups(topo.shape))
@@ -118,12 +120,13 @@ class _Run:
             self.log(f"resumed from the checkpoint at step {self.meta['step']} in {self.workdir}")
         self.clock = WindowClock(int(self.before["train_images"]), float(self.before["train_time_s"]))
         start = int(self.meta["step"])
-        simulated = jax.default_backend() == "cpu"
+        simulated = topo.simulated  # the devices that run the steps (one-chip plan: not the default backend)
         self.stream.emit("run", step=start, phase="start", config=cfg.to_dict(), model=cfg.model,
                          dataset=cfg.dataset, global_batch=cfg.global_batch, bn_group=cfg.bn_group,
                          allreduce=cfg.allreduce, replicas=topo.num_replicas,
-                         torus=list(topo.shape), backend=jax.default_backend(), simulated=simulated,
-                         device_kind=jax.devices()[0].device_kind, processes=jax.process_count(),
+                         torus=list(topo.shape), backend=topo.mesh.devices.flat[0].platform, simulated=simulated,
+                         device_kind=topo.mesh.devices.flat[0].device_kind, devices=topo.label,
+                         processes=jax.process_count(),
                          params=count_params(self.state.params), num_classes=self.info.num_classes,
                          train_images=self.info.train_images, steps_per_epoch=self.steps_per_epoch,
                          total_steps=self.total_steps, resumed_from=start, steps_per_loop=cfg.steps_per_loop,
@@ -293,9 +296,9 @@ class _Run:
         steps = int(self.meta["step"])
         wall_rate = steps * cfg.global_batch / wall if wall > 0 and steps else None
         flops = step_flops(self._cost_analysis()) if self.programs.compiled else None
-        peak, peak_note = peak_flops_per_device(dtype=cfg.dtype)
+        peak, peak_note = peak_flops_per_device(topo.mesh.devices.flat[0].device_kind, dtype=cfg.dtype)
         utilisation = mfu(flops, steady, cfg.global_batch, peak)
-        simulated = jax.default_backend() == "cpu"
+        simulated = topo.simulated
         summary = {
             "stopped": reason, "steps": steps, "epochs": steps / self.steps_per_epoch,
             "top1": self.last_eval.get("top1"), "top5": self.last_eval.get("top5"),
@@ -303,7 +306,7 @@ class _Run:
             "time_to_accuracy_s": self.meta["time_to_accuracy_s"], "wall_time_s": wall,
             "images_per_s": steady, "images_per_s_wall": wall_rate, "train_time_s": self.clock.seconds,
             "images_per_s_per_replica": steady / topo.num_replicas if steady else None,
-            "images_per_s_per_device": steady / jax.device_count() if steady else None,
+            "images_per_s_per_device": steady / topo.num_replicas if steady else None, "devices": topo.label,
             "compile_time_s": self.programs.compile_s, "steps_per_loop": cfg.steps_per_loop,
             "flops_per_step_per_device": flops, "peak_flops_per_device": peak, "mfu": utilisation,
             "mfu_reason": (f"{peak_note}; FLOPs from XLA's cost analysis of the compiled step" if utilisation

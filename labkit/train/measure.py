@@ -1,6 +1,6 @@
 """train.measure: honest timing for the training loop.
 
-Owns: the MFU estimate from XLA's cost analysis, and timing the real gradient all-reduce on the real gradient shapes (compiled once per run).
+Owns: MFU (FLOPs from XLA's cost analysis of the compiled program, the published peak of the dtype in use), and timing the real gradient all-reduce on the real gradient shapes (compiled once per run).
 Must not: decide what the loop does, or emit telemetry (the loop emits what these return).
 """
 from __future__ import annotations
@@ -15,32 +15,44 @@ from jax.sharding import PartitionSpec as P
 
 from labkit.mesh import Topology
 
-__all__ = ["peak_flops_per_device", "step_flops", "make_allreduce_timer"]
+__all__ = ["peak_flops_per_device", "step_flops", "mfu", "make_allreduce_timer"]
 
-# Dense bf16 peak FLOP/s per JAX device, by device_kind prefix (a TPU v3 device is one core: half a chip).
-_PEAK_FLOPS = {"TPU v2": 22.5e12, "TPU v3": 61.5e12, "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5": 459e12,
-               "TPU v6": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12}
+# Published dense peak FLOP/s per JAX device, by device_kind prefix and compute dtype (a TPU v2/v3 device is one
+# core: half a chip). float32 on NVIDIA tensor cores runs as TF32 under XLA's default precision, so its peak is
+# the TF32 one. TPUs run float32 matmuls as several bf16 passes (precision-dependent): no float32 peak is claimed.
+_PEAK_FLOPS = {
+    "TPU v2": {"bfloat16": 22.5e12}, "TPU v3": {"bfloat16": 61.5e12}, "TPU v4": {"bfloat16": 275e12},
+    "TPU v5 lite": {"bfloat16": 197e12}, "TPU v5": {"bfloat16": 459e12}, "TPU v6": {"bfloat16": 918e12},
+    "NVIDIA H100": {"bfloat16": 989.4e12, "float32": 494.7e12},
+    "NVIDIA H200": {"bfloat16": 989.4e12, "float32": 494.7e12},
+    "NVIDIA A100": {"bfloat16": 312e12, "float32": 156e12},
+}
 
 
-def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
-    """Published dense bf16 peak of one device, or None (CPU, unknown kinds): then no MFU is claimed."""
-    kind = (device or jax.devices()[0]).device_kind
-    for prefix, flops in sorted(_PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
+def peak_flops_per_device(device_kind: str | None = None, dtype: str = "bfloat16") -> tuple[float | None, str]:
+    """(published dense peak of one device for ``dtype``, or None; the reason when None, else its source)."""
+    kind = device_kind if device_kind is not None else jax.devices()[0].device_kind
+    for prefix, peaks in sorted(_PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
         if kind.startswith(prefix):
-            return flops
-    return None
+            if dtype in peaks:
+                what = "TF32 tensor-core" if dtype == "float32" else f"{dtype} dense"
+                return peaks[dtype], f"{prefix} {what} peak"
+            return None, f"no published {dtype} peak for {kind!r} (float32 matmuls run as bf16 passes)"
+    return None, f"no published peak for device kind {kind!r}" + (" (CPU: simulation)" if kind == "cpu" else "")
 
 
-def step_flops(lowered) -> float | None:
-    """FLOPs of one step per device, from XLA's cost analysis of a lowered step (``jitted.lower(...)``)."""
-    try:
-        cost = lowered.cost_analysis()
-    except Exception:  # noqa: BLE001 - some backends do not implement it
-        return None
-    if isinstance(cost, (list, tuple)):  # older jax returned one dict per computation
-        cost = cost[0] if cost else {}
+def step_flops(cost: dict | None) -> float | None:
+    """FLOPs of one step per device, from XLA's cost analysis of the *compiled* (optimized) step program."""
     flops = (cost or {}).get("flops")
     return float(flops) if flops and flops > 0 else None
+
+
+def mfu(flops_per_step_per_device: float | None, images_per_s: float | None, global_batch: int,
+        peak: float | None) -> float | None:
+    """Model FLOPs utilisation: achieved FLOP/s per device (steps/s x FLOPs per step) over the device's peak."""
+    if not (flops_per_step_per_device and images_per_s and peak):
+        return None
+    return flops_per_step_per_device * (images_per_s / global_batch) / peak
 
 
 def make_allreduce_timer(reducer: Callable, params, topo: Topology, repeats: int = 3) -> Callable[[], dict]:

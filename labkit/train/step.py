@@ -20,6 +20,7 @@ from flax.training import train_state
 from jax.sharding import PartitionSpec as P
 
 from labkit.mesh import Topology
+from labkit.train.overlap import backprop_order
 
 __all__ = ["TrainState", "create_train_state", "cross_entropy_loss", "psum_reducer", "make_train_step",
            "make_eval_step"]
@@ -84,8 +85,16 @@ def make_train_step(model: flax.linen.Module, topo: Topology, *, reduce_gradient
             return loss / n, (loss, logits, new_vars)
 
         (_, (loss, logits, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(local_params)
+        # Hand the reducer the gradients in the order backprop makes them (last layer first), so its buckets
+        # follow backprop and XLA can start summing the first ones while earlier layers are differentiated.
+        leaves, treedef = jax.tree_util.tree_flatten(grads)
+        order = backprop_order(lambda p: loss_fn(p)[0], local_params)
         with jax.named_scope("gradient_allreduce"):  # names the reducer's collectives for labkit.profile
-            grads = reduce_gradients(grads)
+            summed = reduce_gradients([leaves[i] for i in order])
+        restored = [None] * len(leaves)
+        for i, g in zip(order, summed):
+            restored[i] = g
+        grads = jax.tree_util.tree_unflatten(treedef, restored)
         # Each BN group keeps its own running statistics; average them across groups so the replicated state
         # stays one model (what flax's imagenet example does before eval). Within a group they already agree.
         # (They vary only over the non-BN axes; check_vma verifies that against out_specs=P().)
