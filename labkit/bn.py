@@ -1,8 +1,10 @@
 """bn: distributed (grouped) batch normalization, as in Ying et al. 2018, with per-replica statistics capture.
 
 Owns ``DistributedBatchNorm`` (flax.linen ``BatchNorm``'s interface) and the reshaping of captured statistics
-into telemetry records. Each replica computes float32 sufficient statistics (sum, sum of squares, count), the
-BN group sums them over the mesh axes it spans, and mean = E[x], var = E[x^2] - E[x]^2 normalize the batch.
+into telemetry records. Each replica computes float32 sums, the BN group sums them over the mesh axes it spans,
+and the group's mean and variance normalize the batch. ``use_fast_variance`` (Flax's flag) picks how: True =
+one collective of (sum, sum of squares), var = E[x^2] - E[x]^2, which loses the variance when a channel's mean
+is large against its spread; False = two collectives, the mean first, then the sum of (x - mean)^2: exact.
 Must not: choose the group layout (that is ``labkit.mesh``) or emit telemetry itself (the train step does).
 """
 from __future__ import annotations
@@ -47,6 +49,12 @@ class DistributedBatchNorm(nn.Module):
     exists only for the ``pmap`` teaching comparison (the paper's literal ``cross_replica_sum`` form).
     With ``capture_stats=True`` and the ``'bn_stats'`` collection mutable, a vector of ``BN_STAT_FIELDS`` is
     stored per layer. Like flax's BatchNorm it can be initialized outside ``shard_map`` (no collective at init).
+
+    ``use_fast_variance``: True = E[x^2] - E[x]^2 from one collective (float32 loses it: 58% error at
+    mean/std 300, and a variance clamped to 0 multiplies the output by ~316); False (default) = the mean's
+    collective, then a second one for the sum of squared deviations: accurate at any offset. Default False
+    because it measured within noise of the fast form (BENCHMARKS.md, "BN variance") while the fast form
+    can silently wreck training on un-normalized inputs.
     """
     use_running_average: bool | None = None
     axis: int = -1
@@ -61,6 +69,7 @@ class DistributedBatchNorm(nn.Module):
     axis_name: Axes = None
     axis_index_groups: Sequence[Sequence[int]] | None = None
     capture_stats: bool = False
+    use_fast_variance: bool = False
 
     @nn.compact
     def __call__(self, x, use_running_average: bool | None = None):
@@ -77,22 +86,26 @@ class DistributedBatchNorm(nn.Module):
         if use_ra:
             mean, var = ra_mean.value, ra_var.value
         else:
-            # Sufficient statistics in float32 (the paper: bf16 sums lose too much at small batches).
-            local = jnp.stack([x32.sum(reduce_axes), jnp.square(x32).sum(reduce_axes)])
+            # Statistics in float32 (the paper: bf16 sums lose too much at small batches).
             local_count = math.prod(x.shape[i] for i in reduce_axes)
-            group, count = local, local_count
-            axes = _axes_tuple(self.axis_name)
-            if axes and not self.is_initializing():
-                # One collective per layer: sum and sum of squares travel together. The scope names it in the
-                # compiled program (and its transpose in the backward pass), for labkit.profile's breakdown.
-                with jax.named_scope("bn_group_sum"):
-                    group = jax.lax.psum(local, axes, axis_index_groups=self.axis_index_groups)
-                count = local_count * (len(self.axis_index_groups[0]) if self.axis_index_groups
-                                       else math.prod(jax.lax.axis_size(a) for a in axes))
-            mean = group[0] / count
-            var = jnp.maximum(group[1] / count - jnp.square(mean), 0.0)
+            axes = _axes_tuple(self.axis_name) if not self.is_initializing() else ()
+            count = local_count * ((len(self.axis_index_groups[0]) if self.axis_index_groups
+                                    else math.prod(jax.lax.axis_size(a) for a in axes)) if axes else 1)
+            local_sum = x32.sum(reduce_axes)
+            if self.use_fast_variance:
+                # One collective per layer: sum and sum of squares travel together.
+                local = jnp.stack([local_sum, jnp.square(x32).sum(reduce_axes)])
+                group = self._group_sum(local, axes)
+                mean = group[0] / count
+                var = jnp.maximum(group[1] / count - jnp.square(mean), 0.0)
+            else:
+                # Two collectives: the group's mean, then squared deviations from it (no cancellation).
+                mean = self._group_sum(local_sum, axes) / count
+                var = self._group_sum(jnp.square(x32 - mean.reshape(bshape)).sum(reduce_axes), axes) / count
             if self.capture_stats and not self.is_initializing():
-                self._capture(local / local_count, mean, var, ra_mean.value, ra_var.value)
+                replica_mean = local_sum / local_count
+                replica_var = jnp.square(x32 - replica_mean.reshape(bshape)).mean(reduce_axes)
+                self._capture(replica_mean, replica_var, mean, var, ra_mean.value, ra_var.value)
             if not self.is_initializing():
                 ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
                 ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * var
@@ -104,9 +117,15 @@ class DistributedBatchNorm(nn.Module):
             y = y + self.param("bias", self.bias_init, (features,), self.param_dtype).astype(jnp.float32).reshape(bshape)
         return y.astype(self.dtype or x.dtype)
 
-    def _capture(self, local_moments, group_mean, group_var, run_mean, run_var):
-        replica_mean = local_moments[0]
-        replica_var = jnp.maximum(local_moments[1] - jnp.square(replica_mean), 0.0)
+    def _group_sum(self, v, axes: tuple[str, ...]):
+        """Sum ``v`` over the BN group (nothing to do for per-replica BN or at init). The scope names it in the
+        compiled program (and its transpose in the backward pass), for labkit.profile's breakdown."""
+        if not axes:
+            return v
+        with jax.named_scope("bn_group_sum"):
+            return jax.lax.psum(v, axes, axis_index_groups=self.axis_index_groups)
+
+    def _capture(self, replica_mean, replica_var, group_mean, group_var, run_mean, run_var):
         group_std = jnp.sqrt(group_var + self.epsilon)
         run_std = jnp.sqrt(run_var + self.epsilon)
         rms = lambda d: jnp.sqrt(jnp.mean(jnp.square(d)))  # noqa: E731

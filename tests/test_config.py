@@ -58,6 +58,16 @@ def test_allowed_models_match_the_model_table():
     assert set(ALLOWED["model"]) == set(MODELS)
 
 
+def test_allowed_dtypes_and_allreduce_match_what_the_code_offers():
+    """float16: the models refuse it too (no loss scaling in labkit), so Config and models agree."""
+    from labkit.collectives import ALGORITHMS
+    from labkit.models import _DTYPES, create_model
+    assert set(ALLOWED["dtype"]) == set(_DTYPES) == {"float32", "bfloat16"}
+    assert tuple(ALLOWED["allreduce"]) == ALGORITHMS
+    with pytest.raises(ValueError, match=r"dtype: 'float16' is not supported; allowed values: \['bfloat16'"):
+        create_model("resnet_tiny", dtype="float16")
+
+
 def test_differences():
     a, b = Config(), Config(bn_group=4, log_every_steps=7)
     assert a.differences(b) == {"bn_group": (2, 4), "log_every_steps": (1, 7)}
