@@ -36,6 +36,8 @@ EXPERIMENTS = {
                      "--name bn --runs-dir runs/bn_groups"],
         "columns": ("bn_group", "seed", "per_replica_batch", "bn_batch", "top1", "steps", "images_per_s",
                     "wall_time_s"),
+        "note": "the committed runs: the same sweep split by seed into three parallel commands "
+                "(--sweep seed=0 / 1 / 2; identical run names and configs)",
     },
     "large_batch": {
         "title": "LARS vs SGD as the global batch grows, same epochs (Fashion-MNIST, resnet_tiny, 8 replicas)",
@@ -47,6 +49,8 @@ EXPERIMENTS = {
                      "--sweep global_batch=256,1024,4096 --name sgd --runs-dir runs/large_batch"],
         "columns": ("optimizer", "base_lr", "global_batch", "peak_lr", "steps", "top1", "images_per_s",
                     "wall_time_s"),
+        "note": "the committed LARS (LR 1) sweep also started global_batch=8192 (6 steps) and was stopped there "
+                "to save time",
     },
     "input_ladder": {
         "title": "Input ladder vs time to 65% top-1 (Fashion-MNIST, resnet_tiny, batch 256, 8 replicas)",
@@ -126,17 +130,21 @@ def _write_csv(path: Path, rows: list[dict], columns) -> None:
             writer.writerow({k: "" if r.get(k) is None else r[k] for k in columns})
 
 
-def _machine() -> str:
+def _machine(rows: list[dict]) -> str:
     import jax
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() \
         else platform.processor()
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,)
+    walls = sorted(r["wall_time_s"] for r in rows if isinstance(r.get("wall_time_s"), (int, float)))
+    runtime = (f"runtime: {len(walls)} runs, {walls[0]:.0f}-{walls[-1]:.0f} s each (median "
+               f"{statistics.median(walls):.0f} s), {sum(walls) / 60:.0f} min in all (wall, compile and "
+               "evaluation included)\n") if walls else ""
     return (f"machine: {cpu}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}\n"
             f"devices: 8 simulated CPU devices (XLA host platform): every timing is a simulation\n"
             f"python {platform.python_version()}, jax {jax.__version__}\n"
             f"load average when collected: {load[0]:.1f} (a shared machine: timings are noisy)\n"
-            f"collected: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n")
+            f"collected: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n" + runtime)
 
 
 def collect(name: str, runs_root: str | os.PathLike = ".", results_dir: str | os.PathLike | None = None,
@@ -167,9 +175,10 @@ def collect(name: str, runs_root: str | os.PathLike = ".", results_dir: str | os
                                             "step", "time_s", "top1"))
     (out / "command.txt").write_text("# run from the repository root (CPU, 8 simulated devices), niced:\n"
                                      + "".join(f"nice -n 10 {c}\n" for c in spec["commands"])
+                                     + (f"# note: {spec['note']}\n" if spec.get("note") else "")
                                      + f"# then: python -c \"from labkit import experiments; "
                                        f"experiments.collect('{name}')\"\n")
-    (out / "machine.txt").write_text(machine or _machine())
+    (out / "machine.txt").write_text(machine or _machine(rows))
     plot(name, load(name, out.parent)).save(out / "figure.png")
     return out
 
@@ -239,6 +248,13 @@ def summarize(name: str, data: dict) -> str:
             seeds = ", ".join(format(r["top1"], ".4f") for r in sorted(rs, key=lambda r: r["seed"]))
             lines.append(f"g={g} (BN batch {rs[0]['bn_batch']}): top-1 {m:.4f} +- {sd:.4f} over {len(rs)} seeds "
                          f"({seeds})")
+        by_seed = {(r["bn_group"], r["seed"]): r["top1"] for r in runs}
+        pairs = [(v, by_seed[(1, s)]) for (g, s), v in by_seed.items() if g > 1 and (1, s) in by_seed]
+        if pairs:
+            wins = sum(v > base for v, base in pairs)
+            gain = statistics.fmean(v - base for v, base in pairs)
+            lines.append(f"paired by seed: g > 1 beats g = 1 in {wins} of {len(pairs)} pairs "
+                         f"(mean gain {gain * 100:+.1f} points)")
     elif name == "large_batch":
         for label, rs in _by_optimizer(runs).items():
             cells = [f"{r['global_batch']}: {r['top1']:.4f} ({r['steps']} steps, peak LR {r['peak_lr']:g})"
@@ -270,9 +286,10 @@ def plot(name: str, data: dict):
         groups = _by(runs, "bn_group")
         xs = list(groups)
         means = [_mean_sd(r["top1"] for r in rs) for rs in groups.values()]
-        for g, rs in groups.items():
-            ax.scatter([g] * len(rs), [r["top1"] for r in rs], color="#bbbbbb", s=18, zorder=2,
-                       label="one seed" if g == xs[0] else None)
+        for k, (seed, rs) in enumerate(_by(runs, "seed").items()):  # thin lines pair the runs of one seed
+            rs = sorted(rs, key=lambda r: r["bn_group"])
+            ax.plot([r["bn_group"] for r in rs], [r["top1"] for r in rs], color="#bbbbbb", lw=0.8, marker="o",
+                    ms=4, zorder=2, label="one seed (runs paired)" if k == 0 else None)
         ax.errorbar(xs, [m for m, _ in means], yerr=[sd for _, sd in means], color=colors[0], marker="o",
                     capsize=4, zorder=3, label="mean +- sd")
         ax.set_xscale("log", base=2)
