@@ -216,13 +216,21 @@ def run_notebook(notebook: str | Path, parameters: dict, name: str, runs_dir: st
     storage.makedirs(run_dir)
     params = dict(parameters, workdir=storage.absolute(run_dir))
     tracker = _Progress(run_dir) if progress else contextlib.nullcontext()
+    executed = storage.join(run_dir, notebook.name)
+    # papermill writes gs:// through gcsfs, not a labkit dependency: a gs:// run's notebook is written locally,
+    # then uploaded through labkit.storage.
+    local = executed if not storage.is_url(executed) else os.path.join(tempfile.mkdtemp(prefix="labkit-run-"),
+                                                                       notebook.name)
     try:
         with _quiet_stderr(storage.join(run_dir, "kernel.log")), tracker:
-            pm.execute_notebook(str(notebook), storage.join(run_dir, notebook.name), parameters=params,
+            pm.execute_notebook(str(notebook), local, parameters=params,
                                 kernel_name=kernel, progress_bar=False, cwd=str(notebook.parent))
     except pm.PapermillExecutionError as e:  # the notebook's own error: labkit's message is in evalue
         row.update(status="failed", error=f"{e.ename}: {e.evalue}")
         discard_failed_start(run_dir)
+    finally:
+        if local != executed and os.path.exists(local):
+            storage.write_bytes(executed, Path(local).read_bytes())
     summary_file = storage.join(run_dir, "summary.json")
     if storage.isfile(summary_file):
         summary = json.loads(storage.read_text(summary_file))
