@@ -155,6 +155,21 @@ def test_dashboard_run_dir_source_on_gs(gcs):
     assert sorted((e["host"], e["step"]) for e in events) == [(0, 0), (1, 1)] and reader.status == ""
 
 
+def test_labkit_dashboard_save_reads_a_gs_run_dir(gcs, tmp_path, capsys):
+    from labkit.cli import main
+    run_dir = f"gs://{BUCKET}/cli-{uuid.uuid4().hex[:8]}"
+    assert main(["dashboard", run_dir, "--save", str(tmp_path / "x.html")]) == 2  # nothing there yet
+    assert f"run directory {run_dir!r} does not exist" in capsys.readouterr().err
+    stream = telemetry.EventStream(run_dir, host=0)
+    for step in range(3):
+        stream.emit("step", step=step, loss=2.0 - step, accuracy=0.1, lr=0.1, images_per_s=100.0,
+                    step_time_s=0.1, input_wait_s=0.0, compile=step == 0)
+    stream.close()
+    out = tmp_path / "dashboard.html"
+    assert main(["dashboard", run_dir, "--save", str(out)]) == 0
+    assert f"labkit dashboard: {run_dir}" in out.read_text(encoding="utf-8")  # the URL, not collapsed to gs:/
+
+
 def test_tfrecord_shards_on_gs_listed_counted_and_read(gcs):
     from labkit.data import tfrecords
     from labkit.data.pipeline import resolve_files
