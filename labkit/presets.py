@@ -136,7 +136,8 @@ def fmnist_bn_groups() -> Config:
     """Experiment (a): BN group size vs final accuracy at 4 images per replica (global batch 32).
 
     Command: ``labkit run -p preset fmnist-bn-groups --sweep bn_group=1,2,4,8 --sweep seed=0,1,2``. One run: ``labkit train --config fmnist-bn-groups``.
-    Runtime: about 1 minute per run on a 2-core CPU (12,288 images, one evaluation of 10,000).
+    Runtime: about 1 minute per run on an idle 2-core CPU (12,288 images, one evaluation of 10,000); 4-5
+    minutes measured on a shared one (load ~30). Results: results/bn_groups (RESULTS.md).
     """
     return _fmnist(global_batch=32, bn_group=1, base_lr=0.4, warmup_epochs=0.25, epochs=1.5,
                    train_images=8192, eval_every_epochs=1.5)
@@ -147,9 +148,10 @@ def fmnist_large_batch() -> Config:
 
     Command: ``labkit run -p preset fmnist-large-batch --sweep global_batch=256,1024,4096`` (LARS), and
     the same with ``-p base_lr 4.0 --name lars-lr4`` (LARS at 4x the LR) and with ``-p optimizer sgd -p base_lr 0.2``
-    (SGD-Nesterov, linear scaling rule)
+    (SGD-Nesterov, linear scaling rule).
     One run: ``labkit train --config fmnist-large-batch --set global_batch=4096``.
-    Runtime: about 1-1.5 minutes per run on a 2-core CPU.
+    Runtime: about 1-1.5 minutes per run on an idle 2-core CPU; 3-10 minutes measured on a shared one (load ~30).
+    Results: results/large_batch (RESULTS.md).
     """
     return _fmnist(global_batch=256, bn_group=2, optimizer="lars", base_lr=1.0, warmup_epochs=0.5, epochs=3.0,
                    train_images=16384, eval_every_epochs=3.0)
@@ -159,7 +161,8 @@ def fmnist_input_ladder() -> Config:
     """Experiment (c): the input ladder's effect on time-to-accuracy (target 65% top-1, batch 256).
 
     Command: ``labkit run -p preset fmnist-input-ladder --sweep input_rung=naive,parallel_map,private_threadpool``. One run: ``labkit train --config fmnist-input-ladder``.
-    Runtime: about 1 minute per run on a 2-core CPU (stops at the target).
+    Runtime: about 1-2 minutes per run on an idle 2-core CPU (stops at the target); 4-8 minutes measured on a
+    shared one (load ~30). Results: results/input_ladder (RESULTS.md).
     """
     return _fmnist(global_batch=256, bn_group=2, base_lr=0.4, warmup_epochs=0.5, epochs=5.0, train_images=8192,
                    eval_every_epochs=1.0, target_accuracy=0.65)
