@@ -135,7 +135,8 @@ def _fmnist(**changes) -> Config:
 def fmnist_bn_groups() -> Config:
     """Experiment (a): BN group size vs final accuracy at 4 images per replica (global batch 32).
 
-    Command: ``labkit run -p preset fmnist-bn-groups --sweep bn_group=1,2,4,8 --sweep seed=0,1,2``. One run: ``labkit train --config fmnist-bn-groups``.
+    Command: ``labkit run -p preset fmnist-bn-groups --sweep bn_group=1,2,4,8 --sweep seed=0,1,2``.
+    One run: ``labkit train --config fmnist-bn-groups``.
     Runtime: about 1 minute per run on an idle 2-core CPU (12,288 images, one evaluation of 10,000); 4-5
     minutes measured on a shared one (load ~30). Results: results/bn_groups (RESULTS.md).
     """
@@ -160,7 +161,8 @@ def fmnist_large_batch() -> Config:
 def fmnist_input_ladder() -> Config:
     """Experiment (c): the input ladder's effect on time-to-accuracy (target 65% top-1, batch 256).
 
-    Command: ``labkit run -p preset fmnist-input-ladder --sweep input_rung=naive,parallel_map,private_threadpool``. One run: ``labkit train --config fmnist-input-ladder``.
+    Command: ``labkit run -p preset fmnist-input-ladder --sweep input_rung=naive,parallel_map,private_threadpool``.
+    One run: ``labkit train --config fmnist-input-ladder``.
     Runtime: about 1-2 minutes per run on an idle 2-core CPU (stops at the target); 4-8 minutes measured on a
     shared one (load ~30). Results: results/input_ladder (RESULTS.md).
     """
