@@ -17,6 +17,10 @@ def import_tf():
     """``tensorflow``, imported once, quiet, with no accelerator visible to it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
+    # Python-side warnings (e.g. AutoGraph's "could not transform ... will run it as-is", harmless: the function
+    # runs as written) would land as red stderr boxes in notebooks; errors still show.
+    tf.get_logger().setLevel("ERROR")
+    tf.autograph.set_verbosity(0)
     for kind in ("GPU", "TPU"):
         try:
             tf.config.set_visible_devices([], kind)
