@@ -217,7 +217,7 @@ def _most_square(n: int) -> tuple[int, int]:
 
 
 def _parse_shape(shape) -> tuple[int, int] | None:
-    if shape is None:
+    if shape is None or shape == "":  # '' is config.shape's "automatic"
         return None
     if isinstance(shape, str):
         parts = shape.lower().replace(",", "x").split("x")

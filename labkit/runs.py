@@ -321,8 +321,10 @@ def _print_row(row: dict, notebook_name: str) -> None:
         print(f"  already finished: {run_dir} is left untouched (top-1 {fmt(row.get('top1'), '.4f')}); "
               "use another --name to run it again")
         return
-    print(f"  top-1 {fmt(row.get('top1'), '.4f')}; time to accuracy {fmt(row.get('time_to_accuracy_s'), '.1f')} s "
-          f"wall; {fmt(row.get('images_per_s'), ',.0f')} images/s steady{sim}")
+    tta = row.get("time_to_accuracy_s")
+    tta = f"time to accuracy {tta:.1f} s wall" if isinstance(tta, (int, float)) else "target accuracy not reached"
+    print(f"  top-1 {fmt(row.get('top1'), '.4f')}; {tta}; {fmt(row.get('images_per_s'), ',.0f')} images/s "
+          f"steady{sim}")
     print(f"  run directory: {run_dir}  (executed notebook, telemetry.jsonl, summary.json; kernel messages: "
           "kernel.log)")
     if storage.isfile(storage.join(run_dir, "dashboard.html")):
