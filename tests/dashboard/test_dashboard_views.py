@@ -149,6 +149,8 @@ def test_overview_shows_a_waiting_message_for_an_unknown_run_dir_and_places_cont
     start = pn.widgets.Button(label="start training")
     page = overview(tmp_path / "nope", controls=[start], live=False)
     assert "does not exist" in page.feed.status.object
+    status = page.feed.status.object  # plain text: nothing that needs an emoji font (it was an hourglass)
+    assert "waiting: run directory" in status and "&#" not in status and status.isascii()
     assert start in page[0].objects
     with pytest.raises(ValueError, match="allowed"):
         overview(tmp_path, views=("training", "gpu"), live=False)
