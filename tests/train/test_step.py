@@ -54,18 +54,34 @@ def test_one_step_equals_single_device_reference(g):
 
 
 def test_custom_gradient_reducer_is_the_only_reduction():
-    """A reducer that sums only over one axis must change the result: no hidden psum elsewhere."""
-    topo = Topology.build(shape=(2, 4), bn_group=2)
+    """A reducer that keeps only replica 0's gradient must give replica 0's gradient: if jax.grad summed the
+    gradients itself (no pcast of the parameters to 'varying'), the result would be the full-batch mean."""
+    import jax.numpy as jnp
+    topo = Topology.build(shape=(2, 4), bn_group=1)  # per-replica BN: replica 0's gradient needs only its rows
+    axes = topo.replica_axes
     model = create_model("resnet_tiny", num_classes=10, bn_axis_name=topo.bn_axes)
+    model_ref = create_model("resnet_tiny", num_classes=10)
     images, labels = digits_batch(64, 16)
-    state0 = jax.device_put(create_train_state(model, optax.sgd(LR), (16, 16, 3)), topo.replicated)
-    x, y = topo.shard_batch(images), topo.shard_batch(labels)
-    full, _, _ = make_train_step(model, topo, donate=False)(state0, x, y)
-    # psum over the X axis, then explicit psum over the rest: the same sum by another route.
-    two_stage = lambda t: jax.lax.psum(jax.lax.psum(t, topo.torus_axes.x), topo.torus_axes.y)  # noqa: E731
-    staged, _, _ = make_train_step(model, topo, reduce_gradients=two_stage, donate=False)(state0, x, y)
-    for a, b in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(staged.params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    state0 = create_train_state(model, optax.sgd(LR), (16, 16, 3), rng=1)
+    state0 = state0.replace(params=jax.tree_util.tree_map(lambda p: p + 0.05, state0.params))
+
+    def replica0_only(tree):
+        first = jax.lax.axis_index(axes) == 0
+        return jax.lax.psum(jax.tree_util.tree_map(lambda g: jnp.where(first, g, jnp.zeros_like(g)), tree), axes)
+
+    step = make_train_step(model, topo, reduce_gradients=replica0_only, donate=False)
+    state, _, _ = step(jax.device_put(state0, topo.replicated), topo.shard_batch(images), topo.shard_batch(labels))
+
+    def loss0(params):  # replica 0's local loss on its 8 rows, single device
+        logits, _ = model_ref.apply({"params": params, "batch_stats": state0.batch_stats}, images[:8], train=True,
+                                    mutable=["batch_stats"])
+        return cross_entropy_loss(logits, labels[:8])
+
+    g0 = jax.jit(jax.grad(loss0))(state0.params)
+    # The step divides the reduced sum by the replica count (8).
+    want = jax.tree_util.tree_map(lambda p, g: np.asarray(p) - LR * np.asarray(g) / 8, state0.params, g0)
+    for a, b in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-5)
 
 
 def test_eval_step_counts_with_mask():
