@@ -39,6 +39,7 @@ class BreakdownView:
                             "measures one and <code>labkit.profile.emit_breakdown</code> reports it")
         self.source = ColumnDataSource(data=self._columns([]))
         self.fig = new_figure(self._title(), height=260, y_range=FactorRange(), x_axis_label="ms per step",
+                              y_axis_label="configuration",
                               tooltips=[("configuration", "@label"), ("step", "@step_ms{0.00} ms")]
                               + [(_LABELS[c], f"@{c}{{0.00}} ms") for c in CATEGORIES])
         outside_legend(self.fig)
