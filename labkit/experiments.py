@@ -313,7 +313,7 @@ def plot(name: str, data: dict):
         ax.set_xscale("log", base=2)
         batches = sorted({r["global_batch"] for r in runs})
         ax.set_xticks(batches, [str(b) for b in batches])
-        ax.axhline(0.1, color="#999999", lw=0.8, ls=":")
+        ax.axhline(0.1, color="#999999", lw=0.8, ls=":", label="chance (10%)")
         ax.set_xlabel("global batch (same number of epochs)")
         ax.set_ylabel("final validation top-1")
         ax.set_title("LARS vs SGD as the batch grows", fontsize=10)
