@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 
 from labkit import storage
 from labkit.data import preprocess, tfrecords
@@ -86,6 +87,16 @@ class SkipCounter:
     def _count(self, bad):  # (tf graph) add 1 if bad; returns the op
         return self._var.assign_add(import_tf().cast(bad, self._var.dtype))
 
+    def _count_once(self, bad, key, seen):
+        """(tf graph) add 1 if bad and ``key`` (a position in a fixed-order stream) was never seen: a second
+        pass over the same eval dataset does not count its bad records again. ``seen``: an int32 variable."""
+        tf = import_tf()
+        was = tf.gather(seen, key)
+        with tf.control_dependencies([was]):
+            mark = seen.scatter_nd_max(tf.reshape(key, [1, 1]), tf.reshape(tf.cast(bad, seen.dtype), [1]))
+        with tf.control_dependencies([mark]):
+            return self._count(tf.logical_and(bad, tf.equal(was, 0)))
+
     def __repr__(self) -> str:
         return f"SkipCounter({self.value})"
 
@@ -93,17 +104,20 @@ class SkipCounter:
 def resolve_files(data, split: str) -> tuple[list[str], dict]:
     """Files of ``split`` and their schema: ``data`` is a directory, a glob, a bundled name, or ``tfds:NAME``.
 
-    ``tfds:imagenet2012`` reads a TFDS-prepared copy (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``):
-    keys ``image``/``label``, labels already 0-based. Returns ``(files, {"keys", "label_offset",
-    "num_classes"})`` where ``label_offset``/``num_classes`` are None when the caller decides.
+    ``tfds:imagenet2012`` reads a TFDS-prepared copy (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``): one
+    prepared version only (the newest, or ``tfds:imagenet2012:5.1.0``), keys ``image``/``label``, labels
+    already 0-based; record counts come from its ``dataset_info.json`` (``tfrecords.count_records``).
+    Returns ``(files, {"keys", "label_offset", "num_classes"})`` where ``label_offset``/``num_classes`` are
+    None when the caller decides.
     """
     from labkit.data import bundled
     schema = {"keys": ("image/encoded", "image/class/label"), "label_offset": None, "num_classes": None}
     data = str(data)
     if data.startswith("tfds:"):
-        name = data[5:]
+        name, _, version = data[5:].partition(":")
         root = os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
-        files = tfrecords.list_files(os.path.join(root, name, "*", f"{name}-{split}.tfrecord-*"), split)
+        version_dir = _tfds_version_dir(storage.join(root, name), version)
+        files = tfrecords.list_files(storage.join(version_dir, f"{name}-{split}.tfrecord-*"), split)
         return files, {"keys": ("image", "label"), "label_offset": 0,
                        "num_classes": 1000 if name.startswith("imagenet2012") else None}
     if data in bundled.DATASETS and not os.path.exists(data):
@@ -112,6 +126,23 @@ def resolve_files(data, split: str) -> tuple[list[str], dict]:
     info = tfrecords.read_info(storage.dirname(files[0]))  # the data set's own metadata, where it has some
     schema["num_classes"], schema["label_offset"] = info.get("num_classes"), info.get("label_offset")
     return files, schema
+
+
+def _tfds_version_dir(base: str, version: str = "") -> str:
+    """The one prepared version directory to read under ``base`` (``NAME/``): ``version``, else the newest."""
+    found = {}
+    for path in storage.glob(storage.join(base, "*")):
+        v = storage.basename(path.rstrip("/"))
+        if re.fullmatch(r"\d+\.\d+\.\d+", v) and storage.isdir(path):
+            found[v] = path.rstrip("/")
+    if not found:
+        raise FileNotFoundError(f"tfds: no prepared version directory (like 5.1.0) under {base!r}")
+    if version:
+        if version not in found:
+            raise ValueError(f"tfds: version {version!r} is not prepared under {base!r}; allowed values: "
+                             f"{sorted(found)}")
+        return found[version]
+    return found[max(found, key=lambda v: tuple(map(int, v.split("."))))]
 
 
 def _host(process_index, process_count) -> tuple[int, int]:
@@ -124,8 +155,9 @@ def _host(process_index, process_count) -> tuple[int, int]:
     return process_index, process_count
 
 
-def _read_file(path, size, counter: SkipCounter):
-    """(tf) One TFRecord file's records. A read error ends the file: detected as bytes read != file size."""
+def _read_file(path, size, count):
+    """(tf) One TFRecord file's records. A read error ends the file: detected as bytes read != file size and
+    counted by ``count(bad)``."""
     tf = import_tf()
     records = tf.data.TFRecordDataset(path, buffer_size=8 << 20).ignore_errors()
     # Each record occupies its payload + 16 framing bytes; a marker at the end carries the file size.
@@ -138,48 +170,58 @@ def _read_file(path, size, counter: SkipCounter):
         return consumed + tf.where(is_end, tf.constant(0, tf.int64), n), (record, is_end, complete)
 
     def keep(record, is_end, complete):
-        with tf.control_dependencies([counter._count(tf.logical_not(complete))]):
+        with tf.control_dependencies([count(tf.logical_not(complete))]):
             return tf.logical_not(is_end)
 
     return tagged.concatenate(end).scan(tf.constant(0, tf.int64), step).filter(keep).map(lambda r, e, c: r)
 
 
 def _records(files, switches: Switches, counter, host, num_hosts, *, train: bool, cycle_length: int,
-             seed: int | None = None, deterministic: bool = False):
+             seed: int | None = None, deterministic: bool = False, count_file=None):
+    """Records of ``files``. Without ``shard_files`` every host reads every file and keeps records h, h+n, ... of
+    each one: split inside a file, whose order is fixed, so hosts never overlap whatever the file order or
+    interleaving. ``count_file(bad, file_index)`` counts a cut-short file (default: ``counter._count``)."""
     tf = import_tf()
     sizes = [storage.size(f) for f in files]  # local or gs:// (labkit.storage)
-    ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
+    ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64), tf.range(len(files),
+                                                                                          dtype=tf.int64)))
     if train and switches.shuffle:
         ds = ds.shuffle(len(files), seed=seed)
-    read = lambda f, n: _read_file(f, n, counter)  # noqa: E731
+    count_file = count_file or (lambda bad, _i: counter._count(bad))
+    split = not switches.shard_files and num_hosts > 1
+
+    def read(f, n, i):
+        records = _read_file(f, n, lambda bad: count_file(bad, i))
+        return records.shard(num_hosts, host) if split else records  # every host reads every file: slow
+
     if switches.interleave:
         ds = ds.interleave(read, cycle_length=max(1, min(cycle_length, len(files))), block_length=1,
                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or not train)
     else:
         ds = ds.flat_map(read)
-    if not switches.shard_files and num_hosts > 1:
-        ds = ds.shard(num_hosts, host)  # every host reads every file, keeps 1/n: the slow way
     return ds.cache() if switches.cache else ds
 
 
 def _decode_all(ds, decode, size, switches: Switches, counter, keys, label_offset, num_classes, *, train,
-                deterministic: bool = False):
+                deterministic: bool = False, count=None):
     """Parse+decode each ``(record, index)``; any error turns it into a marked bad element, counted and dropped.
 
     ``decode(image_bytes, index)``: the index (position in the stream) seeds stateless augmentation.
+    ``count(bad, index)`` counts a bad element (default: ``counter._count``).
     """
     tf = import_tf()
     dtype = tf.bfloat16 if switches.bfloat16 else tf.float32
 
+    count = count or (lambda bad, _index: counter._count(bad))
+
     def good(record, index):
         image_bytes, label = _parse(record, keys, label_offset)
         image = decode(image_bytes, index)
-        return tf.cast(image, dtype), label, True
-
-    bad = (tf.zeros([size, size, 3], dtype), tf.constant(-1, tf.int32), False)
+        return tf.cast(image, dtype), label, True, index
 
     def safely(record, index):  # a one-element dataset: the decoded record, or the bad marker if it failed
         one = tf.data.Dataset.from_tensors((record, index)).map(good).ignore_errors()
+        bad = (tf.zeros([size, size, 3], dtype), tf.constant(-1, tf.int32), False, index)
         return one.concatenate(tf.data.Dataset.from_tensors(bad)).take(1)
 
     if switches.parallel_map:
@@ -188,15 +230,15 @@ def _decode_all(ds, decode, size, switches: Switches, counter, keys, label_offse
     else:
         ds = ds.interleave(safely, cycle_length=1, block_length=1)
 
-    def keep(image, label, ok):
+    def keep(image, label, ok, index):
         in_range = tf.logical_and(label >= 0, label < num_classes)
         check = tf.debugging.Assert(
             tf.logical_or(tf.logical_not(ok), in_range),
             [f"label outside [0, {num_classes}) after label_offset={label_offset}: label =", label])
-        with tf.control_dependencies([counter._count(tf.logical_not(ok)), check]):
+        with tf.control_dependencies([count(tf.logical_not(ok), index), check]):
             return tf.identity(ok)
 
-    return ds.filter(keep)
+    return ds.filter(keep).map(lambda image, label, ok, _index: (image, label, ok))
 
 
 def _parse(record, keys, label_offset):
@@ -279,8 +321,9 @@ def train_dataset(data, batch_size: int, *, image_size: int = 224, split: str = 
     ds = ds.repeat(num_epochs).enumerate().map(lambda i, r: (r, i))  # position: seeds stateless augmentation
 
     def decode(image_bytes, index):
+        # (seed, host, position): image i gets its own crop and flip on every host.
         seeds = None if seed is None else tf.random.experimental.stateless_split(
-            tf.stack([tf.constant(seed, tf.int64), index]), 2)
+            tf.random.experimental.stateless_fold_in(tf.constant([seed, host], tf.int64), index), 2)
         image = preprocess.decode_and_random_crop(image_bytes, image_size, fused=switches.fused_crop,
                                                   bicubic=switches.bicubic, seed=None if seeds is None else seeds[0],
                                                   area_range=crop_area)
@@ -303,22 +346,32 @@ def eval_dataset(data, batch_size: int, *, image_size: int = 224, split: str = "
                  threads: int | None = None, skip_counter: SkipCounter | None = None):
     """Host-local eval batches ``{"image", "label", "mask": [B] bool}``: center crop, deterministic order.
 
-    Host ``h`` of ``n`` reads files ``h, h+n, ...``. Every host yields the same number of batches (enough for
-    the busiest host); the rest is padding with ``mask=False``, so summing over ``mask`` counts each image once.
-    ``dataset.num_batches`` and ``dataset.num_examples`` (this host's real images) are set on the result.
+    Host ``h`` of ``n`` reads files ``h, h+n, ...`` (``shard_files=False``: every file, records ``h, h+n, ...``
+    of each). Every host yields the same number of batches (enough for the busiest host); the rest is padding
+    with ``mask=False``, so summing over ``mask`` counts each image once. Bad records are counted once per
+    dataset: iterating it again does not count them again.
+    Set on the result: ``dataset.num_batches``, and ``dataset.num_records``: the records this host reads (its
+    real images are fewer by the bad ones, which become padding; the eval step's ``mask`` sum counts them).
     """
     tf = import_tf()
     files, keys, label_offset, num_classes, host, n, counter = _setup(
         data, split, label_offset, num_classes, process_index, process_count, skip_counter)
     counts = tfrecords.count_records(files)
-    per_host = [sum(counts[h::n]) for h in range(n)]
+    if switches.shard_files or n == 1:
+        per_host = [sum(counts[h::n]) for h in range(n)]
+        mine = files[host::n]
+    else:  # every host reads every file and keeps records h, h+n, ... of each
+        per_host = [sum(len(range(h, c, n)) for c in counts) for h in range(n)]
+        mine = files
     if max(per_host) == 0:
         raise ValueError(f"eval: the {len(files)} {split!r} files of {data!r} hold no records")
     num_batches = math.ceil(max(per_host) / batch_size)
-    mine = files[host::n]
     switches = dataclasses.replace(switches, shuffle=False, random_flip=False)
+    # Positions in this host's (fixed-order) stream, then one per file: each bad one is counted once.
+    seen = tf.Variable(tf.zeros([per_host[host] + len(mine) + 1], tf.int32), trainable=False)
     if mine:
-        ds = _records(mine, switches, counter, host, n, train=False, cycle_length=cycle_length)
+        ds = _records(mine, switches, counter, host, n, train=False, cycle_length=cycle_length,
+                      count_file=lambda bad, i: counter._count_once(bad, per_host[host] + i, seen))
     else:  # more hosts than files: this host only pads
         ds = tf.data.Dataset.from_tensor_slices(tf.constant([], tf.string))
 
@@ -326,12 +379,14 @@ def eval_dataset(data, batch_size: int, *, image_size: int = 224, split: str = "
         return preprocess.decode_and_center_crop(image_bytes, image_size, fused=switches.fused_crop,
                                                  bicubic=switches.bicubic)
 
-    ds = ds.map(lambda r: (r, tf.constant(0, tf.int64)))
-    ds = _decode_all(ds, decode, image_size, switches, counter, keys, label_offset, num_classes, train=False)
+    ds = ds.enumerate().map(lambda i, r: (r, i))
+    ds = _decode_all(ds, decode, image_size, switches, counter, keys, label_offset, num_classes, train=False,
+                     count=lambda bad, i: counter._count_once(bad, tf.minimum(i, per_host[host]), seen))
     dtype = tf.bfloat16 if switches.bfloat16 else tf.float32
     pad = tf.data.Dataset.from_tensors((tf.zeros([image_size, image_size, 3], dtype),
                                         tf.constant(0, tf.int32), False)).repeat()
     ds = ds.concatenate(pad).take(num_batches * batch_size)  # skipped records become padding too
     ds = _finish(ds, batch_size, switches, threads, train=False)
-    ds.skip_counter, ds.num_batches, ds.num_examples = counter, num_batches, per_host[host]
+    ds.skip_counter, ds.num_batches, ds.num_records = counter, num_batches, per_host[host]
+    ds._labkit_seen = seen  # keeps the variable alive as long as the dataset
     return ds

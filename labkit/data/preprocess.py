@@ -1,7 +1,7 @@
 """data.preprocess: per-image tf.data graph functions, from JPEG bytes to a fixed-size image.
 
 Owns the paper's image ops: the Inception-style random crop (``sample_distorted_bounding_box``: area 0.08-1,
-aspect 3/4-4/3, 10 attempts) either *fused* with decoding (``decode_and_crop_jpeg`` decodes only the window)
+aspect 3/4-4/3, 10 attempts; the center crop when no attempt fits, as in the reference) either *fused* with decoding (``decode_and_crop_jpeg`` decodes only the window)
 or after a full decode; the evaluation center crop (224/256 of the short side); bicubic or bilinear resize;
 random flip. Outputs stay in 0..255 (mean/std normalization happens on the device: ``labkit.data.normalize``).
 Must not: read files, batch, or know about hosts and devices.
@@ -25,9 +25,14 @@ def resize(image, size: int, bicubic: bool = True):
 
 def _require_jpeg(image_bytes):
     # decode_jpeg also accepts PNG/GIF; decode_and_crop_jpeg does not. Reject non-JPEG bytes in both modes so
-    # the fused switch never changes which records are skipped.
+    # the fused switch never changes which records are skipped. Likewise a truncated JPEG: the fused decode of
+    # a window that ends before the cut succeeds where a full decode fails, so both require the JPEG's
+    # end-of-image marker (FF D9; trailing zero padding allowed) before decoding.
     tf = import_tf()
     tf.debugging.assert_equal(tf.io.is_jpeg(image_bytes), True, message="record is not a JPEG")
+    trimmed = tf.strings.regex_replace(image_bytes, "\\x00+$", "")
+    tail = tf.strings.substr(trimmed, tf.maximum(tf.strings.length(trimmed) - 2, 0), 2)
+    tf.debugging.Assert(tf.equal(tail, b"\xff\xd9"), ["JPEG is truncated (no end-of-image marker)"])
 
 
 def _sample_window(shape, seed=None, area_range=AREA_RANGE):
@@ -65,15 +70,24 @@ def decode_and_random_crop(image_bytes, size: int, *, fused: bool = True, bicubi
     _require_jpeg(image_bytes)
     if fused:
         shape = tf.io.extract_jpeg_shape(image_bytes)
-        begin, crop = _sample_window(shape, seed, area_range)
-        y, x, _ = tf.unstack(begin)
-        h, w, _ = tf.unstack(crop)
-        image = tf.io.decode_and_crop_jpeg(image_bytes, tf.stack([y, x, h, w]), channels=3)
+        window = _crop_or_center(shape, seed, area_range)
+        image = tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3)
     else:
         image = tf.io.decode_jpeg(image_bytes, channels=3)
-        begin, crop = _sample_window(tf.shape(image), seed, area_range)
-        image = tf.slice(image, begin, crop)
+        y, x, h, w = tf.unstack(_crop_or_center(tf.shape(image), seed, area_range))
+        image = tf.slice(image, tf.stack([y, x, 0]), tf.stack([h, w, -1]))
     return resize(image, size, bicubic)
+
+
+def _crop_or_center(shape, seed, area_range):
+    """``[y, x, h, w]`` of the sampled window; when all attempts failed (the sampler then returns the whole
+    frame), the evaluation center crop instead, as the reference preprocessing does."""
+    tf = import_tf()
+    begin, crop = _sample_window(shape, seed, area_range)
+    failed = tf.reduce_all(tf.equal(crop[:2], tf.cast(shape[:2], crop.dtype)))
+    sampled = tf.stack([begin[0], begin[1], crop[0], crop[1]])
+    center = tf.cast(tf.stack(_center_window(shape)), sampled.dtype)
+    return tf.where(failed, center, sampled)
 
 
 def decode_and_center_crop(image_bytes, size: int, *, fused: bool = True, bicubic: bool = True):

@@ -2,8 +2,8 @@
 
 Owns the feature names of ``build_imagenet_data.py`` (``image/encoded``, ``image/class/label`` 1-based with
 0 = background, ``image/height``, ...), shard file names (``train-00000-of-01024``), the per-directory
-``labkit-info.json`` (class count and records per file, so evaluation can pad without a counting pass), listing
-files with clear errors, and parsing one serialized example in a tf.data graph.
+``labkit-info.json`` (class count and records per file, so evaluation can pad without a counting pass), the
+records per file of a TFDS-prepared directory (its ``dataset_info.json``), and listing files with clear errors.
 Must not: decode or augment images (``preprocess``), or build pipelines (``pipeline``).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from labkit import storage
 from labkit.data._tf import import_tf
 
 __all__ = ["INFO_FILE", "encode_example", "write_shards", "shard_name", "list_files", "read_info",
-           "count_records", "parse_example", "read_examples"]
+           "count_records", "read_examples"]
 
 INFO_FILE = "labkit-info.json"
 _GLOB_CHARS = set("*?[")
@@ -109,26 +109,20 @@ def list_files(data: str | os.PathLike, split: str) -> list[str]:
 
 
 def count_records(files: list[str]) -> list[int]:
-    """Records per file: from ``labkit-info.json`` when the directory has one, else by reading the file once."""
+    """Records per file: from ``labkit-info.json`` or a TFDS ``dataset_info.json`` (its splits' shard lengths)
+    when the directory has one, else by reading the file once."""
     tf = import_tf()
-    counts = []
+    counts, known_by_dir = [], {}
     for f in files:
-        known = read_info(storage.dirname(f)).get("records", {}).get(storage.basename(f))
+        d = storage.dirname(f)
+        if d not in known_by_dir:  # one metadata read per directory, not per file
+            known_by_dir[d] = {**_tfds_counts(d), **read_info(d).get("records", {})}
+        known = known_by_dir[d].get(storage.basename(f))
         if known is None:  # a file from another tool: count it (reads it; corrupt tails are not counted)
             ds = tf.data.TFRecordDataset(f).ignore_errors()
             known = int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
         counts.append(int(known))
     return counts
-
-
-def parse_example(serialized, label_offset: int = 1):
-    """(tf graph) serialized Example -> ``(jpeg bytes, label int32 = stored label - label_offset)``."""
-    tf = import_tf()
-    features = tf.io.parse_single_example(serialized, {
-        "image/encoded": tf.io.FixedLenFeature([], tf.string),
-        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
-    })
-    return features["image/encoded"], tf.cast(features["image/class/label"] - label_offset, tf.int32)
 
 
 def read_examples(files: str | list[str]) -> list[dict]:
@@ -144,4 +138,21 @@ def read_examples(files: str | list[str]) -> list[dict]:
             values = list(getattr(feat, kind).value)
             row[key] = values[0] if len(values) == 1 else values
         out.append(row)
+    return out
+
+
+def _tfds_counts(data_dir) -> dict[str, int]:
+    """``{file name: records}`` from a TFDS-prepared directory's ``dataset_info.json`` (``{}`` without one).
+
+    TFDS names shards ``{name}-{split}.tfrecord-{i:05d}-of-{n:05d}`` and lists each split's ``shardLengths``.
+    """
+    path = storage.join(data_dir, "dataset_info.json")
+    if not storage.isfile(path):
+        return {}
+    info = json.loads(storage.read_text(path))
+    out = {}
+    for split in info.get("splits", []):
+        lengths = [int(v) for v in split.get("shardLengths", [])]
+        for i, n in enumerate(lengths):
+            out[f"{info.get('name', '')}-{split['name']}.tfrecord-{i:05d}-of-{len(lengths):05d}"] = n
     return out

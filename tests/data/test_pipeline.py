@@ -82,7 +82,7 @@ def test_every_eval_image_counts_exactly_once(tiny, hosts, batch):
     for h in range(hosts):
         ds, batches = _eval_batches(tiny, batch, h, hosts)
         assert len(batches) == ds.num_batches == expected_batches  # every host: same number of batches
-        assert ds.num_examples == per_host[h]
+        assert ds.num_records == per_host[h] and not hasattr(ds, "num_examples")  # records, named so
         for b in batches:
             assert b["mask"].dtype == bool and b["image"].shape == (batch, 16, 16, 3)
             seen += b["label"][b["mask"]].tolist()
@@ -165,3 +165,101 @@ def test_seeded_deterministic_stream_depends_on_the_seed_alone(tiny):
         np.testing.assert_array_equal(x["image"], next(tail)["image"])
     other = _batches(tiny, 1, seed=8, deterministic=True)
     assert not np.array_equal(a[0]["image"], other[0]["image"])  # crops/order really depend on the seed
+
+
+# --- multi-host input without file sharding, host-dependent augmentation, counting once, TFDS ---------------
+
+def test_eval_without_file_sharding_reads_every_image_once_across_hosts(tiny):
+    off = pipeline.Switches(shard_files=False)  # interleave on (eval turns shuffling off itself)
+    seen = []
+    for h in range(2):
+        ds, batches = _eval_batches(tiny, 3, h, 2, switches=off)
+        assert ds.num_records == sum(len(range(h, c, 2)) for c in VALIDATION_FILES)
+        seen += [lbl for b in batches for lbl in b["label"][b["mask"]].tolist()]
+    assert sorted(seen) == list(range(sum(VALIDATION_FILES)))
+
+
+def test_train_hosts_never_overlap_without_file_sharding_seed_or_determinism(tiny):
+    off = pipeline.Switches(shard_files=False)  # shuffle and interleave on, no seed, free order
+    sets = []
+    for h in range(2):
+        ds = pipeline.train_dataset(tiny, 1, image_size=8, num_epochs=1, switches=off, process_index=h,
+                                    process_count=2)
+        sets.append([int(b["label"][0]) for b in ds.as_numpy_iterator()])
+    assert not set(sets[0]) & set(sets[1]) and len(sets[0]) + len(sets[1]) == sum(TRAIN_FILES)
+    assert set(sets[0]) | set(sets[1]) == set(range(sum(TRAIN_FILES)))
+
+
+def test_augmentation_seeds_include_the_host(tmp_path):
+    """The same image at the same stream position on two hosts gets different crops and flips."""
+    import tensorflow as tf
+    from labkit.data import tfrecords
+    from tests.data.conftest import jpeg
+    same = tfrecords.encode_example(jpeg(image_for(5, 48, 64)), 0, height=48, width=64)
+    for k in range(2):
+        with tf.io.TFRecordWriter(str(tmp_path / tfrecords.shard_name("train", k, 2))) as w:
+            for _ in range(4):
+                w.write(same)
+    first = []
+    for h in range(2):
+        ds = pipeline.train_dataset(tmp_path, 4, image_size=16, num_classes=2, seed=3, deterministic=True,
+                                    switches=pipeline.Switches(shuffle=False, bfloat16=False), process_index=h,
+                                    process_count=2)
+        first.append(next(ds.as_numpy_iterator())["image"])
+    assert np.abs(first[0] - first[1]).max(axis=(1, 2, 3)).min() > 1.0  # every position differs
+
+
+def test_a_second_pass_over_one_eval_dataset_does_not_count_again(corrupt):
+    data, good, expected_skips = corrupt
+    for switches in (pipeline.Switches(), pipeline.Switches(cache=False)):
+        ds = pipeline.eval_dataset(data, 4, image_size=16, num_classes=NUM_CLASSES, switches=switches,
+                                   process_index=0, process_count=1, skip_counter=pipeline.SkipCounter())
+        for _ in range(2):
+            seen = [lbl for b in ds.as_numpy_iterator() for lbl in b["label"][b["mask"]].tolist()]
+            assert sorted(seen) == good
+        assert ds.skip_counter.value == expected_skips
+
+
+def _tfds_example(label):
+    import tensorflow as tf
+    from tests.data.conftest import jpeg
+    feat = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg(image_for(label))])),
+            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))}
+    return tf.train.Example(features=tf.train.Features(feature=feat)).SerializeToString()
+
+
+def _fake_tfds(root, version, lengths, first_label, recorded=None):
+    """``root/fakenet/VERSION/`` as TFDS prepares it: shards + dataset_info.json with the split's shardLengths."""
+    import json
+    import tensorflow as tf
+    d = root / "fakenet" / version
+    d.mkdir(parents=True)
+    label = first_label
+    for i, n in enumerate(lengths):
+        with tf.io.TFRecordWriter(str(d / f"fakenet-validation.tfrecord-{i:05d}-of-{len(lengths):05d}")) as w:
+            for _ in range(n):
+                w.write(_tfds_example(label))
+                label += 1
+    info = {"name": "fakenet", "version": version,
+            "splits": [{"name": "validation", "shardLengths": [str(n) for n in (recorded or lengths)]}]}
+    (d / "dataset_info.json").write_text(json.dumps(info))
+    return d
+
+
+def test_tfds_reads_one_prepared_version_and_takes_sizes_from_its_metadata(tmp_path, monkeypatch):
+    from labkit.data import tfrecords
+    _fake_tfds(tmp_path, "1.0.0", [2, 2], first_label=100)   # an older preparation: must not be read
+    newest = _fake_tfds(tmp_path, "1.10.0", [3, 2], first_label=0)  # 1.10 > 1.9 > 1.0: versions, not strings
+    _fake_tfds(tmp_path, "1.9.0", [1], first_label=200)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    files, schema = pipeline.resolve_files("tfds:fakenet", "validation")
+    assert [f.rsplit("/", 1)[0] for f in files] == [str(newest)] * 2
+    ds, batches = _eval_batches("tfds:fakenet", 4, num_classes=300)
+    assert sorted(lbl for b in batches for lbl in b["label"][b["mask"]].tolist()) == list(range(5))
+    files9, _ = pipeline.resolve_files("tfds:fakenet:1.9.0", "validation")
+    assert len(files9) == 1 and "/1.9.0/" in files9[0]
+    with pytest.raises(ValueError, match=r"version '2.0.0' is not prepared .* allowed values: \['1.0.0'"):
+        pipeline.resolve_files("tfds:fakenet:2.0.0", "validation")
+    # Sizes come from dataset_info.json, not from reading the records (which a stated count would contradict).
+    meta = _fake_tfds(tmp_path / "other", "1.0.0", [3, 2], first_label=0, recorded=[30, 20])
+    assert tfrecords.count_records(sorted(str(p) for p in meta.glob("*.tfrecord-*"))) == [30, 20]
