@@ -283,10 +283,12 @@ def input_ladder(data: str = "photos", *, rounds: int = 3, seconds: float = 1.0,
     """The input ladder measured ``rounds`` times (every rung once per round, so drift hits all rungs alike).
 
     Returns ``labkit.bench.input.measure_ladder``'s form with each rung's median ``img_s`` and its
-    ``img_s_min``/``img_s_max`` over rounds, and every ceiling measurement (two per round).
+    ``img_s_min``/``img_s_max`` over rounds, every ceiling measurement (two per round), ``cores`` and the
+    1-minute ``load`` average at start and end.
     """
     import statistics
     from labkit.bench.input import measure_ladder
+    load_start = os.getloadavg()[0]  # a busy machine makes short timings noise: say so next to them
     runs = [measure_ladder(data, batch_size=batch_size, seconds=seconds, log=log or (lambda *a, **k: None))
             for _ in range(rounds)]
     rungs = []
@@ -295,7 +297,7 @@ def input_ladder(data: str = "photos", *, rounds: int = 3, seconds: float = 1.0,
         rungs.append({"name": rung["name"], "img_s": statistics.median(rates), "img_s_min": min(rates),
                       "img_s_max": max(rates), "rounds": rates})
     return {"rungs": rungs, "ceiling": [c for run in runs for c in run["ceiling"]], "rounds": rounds,
-            "seconds": seconds, "cores": os.cpu_count()}
+            "seconds": seconds, "cores": os.cpu_count(), "load": (load_start, os.getloadavg()[0])}
 
 
 def resnet50_bn_layers() -> list[int]:
