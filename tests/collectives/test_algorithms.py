@@ -129,7 +129,8 @@ def _hop_dimension(perm, shape):
     return dims
 
 
-@pytest.mark.parametrize("shape,g", STRUCTURE_MESHES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else f"g{v}")
+@pytest.mark.parametrize("shape,g", STRUCTURE_MESHES, ids=lambda v: "x".join(map(str, v))
+                         if isinstance(v, tuple) else f"g{v}")
 def test_xla_composed_forms_use_the_collectives_they_claim(shape, g):
     topo = _topo(shape, g)
     ax, ay, all_ = topo.torus_axes.x, topo.torus_axes.y, topo.replica_axes
@@ -142,7 +143,8 @@ def test_xla_composed_forms_use_the_collectives_they_claim(shape, g):
          ("all_gather", ay, None), ("all_gather", ax, None)])
 
 
-@pytest.mark.parametrize("shape,g", STRUCTURE_MESHES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else f"g{v}")
+@pytest.mark.parametrize("shape,g", STRUCTURE_MESHES, ids=lambda v: "x".join(map(str, v))
+                         if isinstance(v, tuple) else f"g{v}")
 @pytest.mark.parametrize("algorithm", ["ring", "torus2d_links", "torus2d_bidir_links"])
 def test_link_level_forms_move_every_byte_by_ppermute_between_torus_neighbours(algorithm, shape, g):
     from labkit.collectives import costmodel

@@ -105,3 +105,12 @@ def test_resnet50_projection_on_the_pod():
     assert r["minutes_to_train"] == pytest.approx(90 * 1_281_167 / r["images_per_s"] / 60)
     # an optimistic model (no input/BN/eval time) must not be slower than the paper's measured run
     assert r["minutes_to_train"] < cm.PAPER["minutes"]
+
+
+def test_link_level_forms_are_modelled_like_their_xla_composed_twins():
+    net = cm.network("tpu-v3-pod")
+    assert cm.predict(net, "torus2d_links", 1e8).time_s == cm.predict(net, "torus2d", 1e8).time_s
+    bidir_links = cm.predict(net, "torus2d_bidir_links", 1e8)  # always both link directions
+    assert bidir_links.algorithm == "torus2d_bidir_links"
+    assert bidir_links.time_s == cm.predict(net, "torus2d_bidir", 1e8, directions=2).time_s
+    assert bidir_links.time_s < cm.predict(net, "torus2d_bidir", 1e8, directions=1).time_s
