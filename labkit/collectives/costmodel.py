@@ -2,7 +2,8 @@
 
 Owns: named networks (TPU v3 pod 32x32 and slices, TPU v2-8 / v3-8, "N hosts x 8 GPUs"), the predicted time of
 ``ring``, ``torus2d``, ``torus2d_bidir``, ``hierarchical`` and the link-level forms on them, a fit of
-(alpha, beta) to measured times, and the ResNet-50 projection (all-reduce time, step time, time to train). Pure Python + numpy.
+(alpha, beta) to measured times, and the ResNet-50 projection (all-reduce time, step time, time to train).
+Pure Python + numpy.
 Must not: run JAX collectives, time anything, or emit telemetry (``labkit.bench.collectives`` does).
 
 Model: a ring phase over k members moving a payload of P bytes takes (k-1) steps of

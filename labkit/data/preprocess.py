@@ -2,7 +2,8 @@
 
 Owns the paper's image ops: the Inception-style random crop (``sample_distorted_bounding_box``: area 0.08-1,
 aspect 3/4-4/3, 10 attempts; the center crop when no attempt fits, as in the reference) either *fused* with
-decoding (``decode_and_crop_jpeg`` decodes only the window) or after a full decode; the evaluation center crop (224/256 of the short side); bicubic or bilinear resize;
+decoding (``decode_and_crop_jpeg`` decodes only the window) or after a full decode; the evaluation center
+crop (224/256 of the short side); bicubic or bilinear resize;
 random flip. Outputs stay in 0..255 (mean/std normalization happens on the device: ``labkit.data.normalize``).
 Must not: read files, batch, or know about hosts and devices.
 """

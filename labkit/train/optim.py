@@ -2,7 +2,8 @@
 
 Owns: LARS as in the paper's reference code (``lars``: trust ratio eta*|w| / (|g| + wd*|w|); BN parameters
 and biases excluded from the trust ratio and from weight decay), SGD with Nesterov momentum, linear warmup +
-polynomial decay, warmup + stepwise decay, and the linear scaling rule (in ``Config.learning_rate``). Must not: know about devices or the training loop.
+polynomial decay, warmup + stepwise decay, and the linear scaling rule (in ``Config.learning_rate``).
+Must not: know about devices or the training loop.
 """
 from __future__ import annotations
 
