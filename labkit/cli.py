@@ -121,7 +121,7 @@ _PLUGINS = {
     ("dashboard", None): "labkit.dashboard.serve",
     ("run", None): "labkit.runs",
 }
-_GROUP_HELP = {"bench": "measure: input pipeline, collectives, training step, telemetry overhead",
+_GROUP_HELP = {"bench": "measure: input pipeline, collectives, training step, telemetry overhead, peers",
                "config": "the config keys that train --set and run -p accept",
                "data": "data sets: convert image folders to ImageNet-format TFRecords",
                "dashboard": "serve or save the live Panel dashboard of a run directory",

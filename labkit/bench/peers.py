@@ -91,7 +91,8 @@ def _setup_steps(model_name: str, image_size: int, global_batch: int, num_classe
     labels = rng.integers(0, num_classes, global_batch).astype(np.int32)
     labkit_state = jax.device_put(state0, topo.replicated)
     flax_state = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(jnp.asarray(x), (n, *jnp.shape(x))), state0)
-    flax_state = flax_state.replace(apply_fn=flax_model.apply)
+    flax_state = flax_state.replace(apply_fn=flax_model.apply, params=_renamed(flax_state.params),
+                                    batch_stats=_renamed(flax_state.batch_stats))
     put = jax.pmap(lambda x: x)  # device-resident per-device batches, as the example's prefetch leaves them
     return {"labkit": {"step": make_train_step(model, topo), "state": labkit_state,
                        "images": topo.shard_batch(images), "labels": topo.shard_batch(labels)},
@@ -99,6 +100,14 @@ def _setup_steps(model_name: str, image_size: int, global_batch: int, num_classe
                            "images": put(images.reshape(n, -1, *images.shape[1:])),
                            "labels": put(labels.reshape(n, -1))},
             "replicas": n}
+
+
+def _renamed(tree):
+    """labkit's variables under the names flax gives the same layers when the norm class is linen's BatchNorm."""
+    from flax import traverse_util
+    flat = traverse_util.flatten_dict(tree)
+    return traverse_util.unflatten_dict({tuple(k.replace("DistributedBatchNorm_", "FlaxBatchNorm_") for k in key): v
+                                         for key, v in flat.items()})
 
 
 def _run(ctx: dict, mode: str, steps: int):
@@ -229,16 +238,17 @@ def add_arguments(p) -> None:
     add_topology_args(p)
     p.add_argument("--sizes", default="resnet18_small:32,resnet18_small:64,resnet18:64",
                    help="model:image_size pairs for the step comparison (default: the issue's three)")
-    p.add_argument("--global-batch", type=int, default=128)
+    p.add_argument("--global-batch", type=int, default=128, help="global batch of the step comparison (default 128)")
     p.add_argument("--blocks", type=int, default=5, help="interleaved blocks per mode (median reported)")
     p.add_argument("--steps", type=int, default=5, help="steps per block")
     p.add_argument("--data", default="photos", help="ImageNet-schema TFRecords: bundled name or folder")
-    p.add_argument("--input-batch", type=int, default=64)
-    p.add_argument("--input-image-size", type=int, default=224)
+    p.add_argument("--input-batch", type=int, default=64, help="batch of the input comparison (default 64)")
+    p.add_argument("--input-image-size", type=int, default=224,
+                   help="image side of the input comparison (default 224)")
     p.add_argument("--input-batches", type=int, default=5, help="timed batches per input block")
     p.add_argument("--no-cache", action="store_true", help="both pipelines without their record cache")
-    p.add_argument("--skip-input", action="store_true")
-    p.add_argument("--skip-step", action="store_true")
+    p.add_argument("--skip-input", action="store_true", help="skip the input-pipeline comparison")
+    p.add_argument("--skip-step", action="store_true", help="skip the training-step comparison")
 
 
 def _sizes(text: str) -> list[tuple[str, int]]:

@@ -34,6 +34,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--blocks", type=int, default=5, help="blocks of each mode")
     parser.add_argument("--steps", type=int, default=10, help="steps per block")
     parser.add_argument("--bn-stats-every", type=int, default=20, help="capture BN statistics every N steps (default 20)")
+    parser.add_argument("--steps-per-loop", default="1", help="comma-separated K values to compare (each a divisor "
+                        "of --steps): K steps per host call with one read per block, against K=1 read alike")
 
 
 def _setup(topo, args, capture, k: int = 1):

@@ -1,6 +1,6 @@
 """train.background: run ``train_and_evaluate`` on a background thread, for notebooks and live dashboards.
 
-Owns ``BackgroundRun``: start, stop (checkpoint, then stop after the current step), wait, and the outcome.
+Owns ``BackgroundRun``: start, stop (checkpoint, then stop at the next host point), wait, and the outcome.
 The run writes to an in-memory ``EventStream`` that also mirrors to ``workdir/telemetry.jsonl``, so a dashboard
 in the same kernel polls memory while the kernel stays free. Must not: render anything or read telemetry.
 """
@@ -52,7 +52,7 @@ class BackgroundRun:
             self.stream.flush()
 
     def stop(self) -> None:
-        """Ask the run to checkpoint and stop after its current step (``start()`` resumes it)."""
+        """Ask the run to checkpoint and stop at its next host point (``start()`` resumes it)."""
         self._stop.set()
 
     def wait(self, timeout: float | None = None) -> dict | None:

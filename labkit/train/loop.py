@@ -50,7 +50,8 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, force: bool = Fal
     """Train and evaluate per ``config`` in ``workdir`` (resuming from its last checkpoint); returns the summary.
 
     ``stream``: telemetry destination (default: a new ``EventStream(workdir)``, i.e. ``telemetry.jsonl``).
-    ``stop_event``: set it (e.g. from a notebook button) to checkpoint and stop after the current step.
+    ``stop_event``: set it (e.g. from a notebook button) to checkpoint and stop at the next host point (at most
+    ``log_every_steps`` steps later: between host points steps are only dispatched).
     ``max_steps``: stop after this many steps *of this call* (as if the process were stopped there).
     """
     log = log or (lambda _msg: None)

@@ -67,9 +67,10 @@ def test_k_steps_in_one_call_equal_k_single_steps_and_nothing_is_copied_back():
 
 def test_guard_covers_bn_running_statistics():
     _, state, programs, batches = _setup()
+    state_copy = jax.tree_util.tree_map(lambda x: x.copy(), state)  # the program donates its input state
     _, window, _, _ = run_stretch(programs, state, programs.new_window(), iter(batches[:1]), 1)
     assert read_window(window)["finite"] is True
-    _, state, _, _ = _setup()
+    state = state_copy
     leaves, tree = jax.tree_util.tree_flatten(state.batch_stats)
     leaves[0] = leaves[0].at[0].set(np.nan)  # only a running statistic is bad: the loss and parameters stay finite
     state = state.replace(batch_stats=jax.tree_util.tree_unflatten(tree, leaves))
