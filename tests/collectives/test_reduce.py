@@ -24,11 +24,13 @@ def _tree(n, rng):
 
 
 def _reduce_replicated(topo, algorithm, tree, **kw):
-    """Run the reducer inside shard_map with out_specs=P(): only passes check_vma if results are invariant."""
+    """Run the reducer inside shard_map with out_specs=P(): check_vma unless the reducer says its results are
+    typed per-replica (the link-level forms), as the train step does."""
     axes = topo.replica_axes
     reducer = make_reducer(topo, algorithm, **kw)
+    assert reducer.invariant == (algorithm not in ("ring", "torus2d_links", "torus2d_bidir_links"))
     f = jax.shard_map(lambda t: reducer(jax.tree_util.tree_map(lambda b: b[0], t)), mesh=topo.mesh,
-                      in_specs=P(axes), out_specs=P())  # check_vma=True: the default
+                      in_specs=P(axes), out_specs=P(), check_vma=reducer.invariant)
     return jax.jit(f)(jax.tree_util.tree_map(lambda a: jax.device_put(a, topo.batch_sharding), tree))
 
 
@@ -68,10 +70,12 @@ def test_empty_tree_and_only_empty_leaves():
     assert out["e"].shape == (0,) and out["e"].dtype == np.float32
 
 
-def test_a_replicated_input_is_summed_n_times_like_psum():
+@pytest.mark.parametrize("algorithm", ["torus2d_bidir", "torus2d_bidir_links"])
+def test_a_replicated_input_is_summed_n_times_like_psum(algorithm):
     topo = Topology.build(shape=(2, 4))
-    reducer = make_reducer(topo, "torus2d_bidir")
-    f = jax.jit(jax.shard_map(lambda v: reducer(v), mesh=topo.mesh, in_specs=P(), out_specs=P()))
+    reducer = make_reducer(topo, algorithm)
+    f = jax.jit(jax.shard_map(lambda v: reducer(v), mesh=topo.mesh, in_specs=P(), out_specs=P(),
+                              check_vma=reducer.invariant))
     np.testing.assert_allclose(np.asarray(f(jnp.arange(5.0))), 8 * np.arange(5.0))
 
 
@@ -100,7 +104,7 @@ def test_bad_inputs_are_clear_errors():
         plan_buckets([((2,), np.float32)], multiple=1, reduce_dtype=np.int32)
 
 
-@pytest.mark.parametrize("algorithm", ["ring", "torus2d_bidir"])
+@pytest.mark.parametrize("algorithm", ["ring", "torus2d_bidir", "torus2d_links", "torus2d_bidir_links"])
 def test_as_the_train_step_reducer_it_matches_psum(algorithm):
     from labkit.data.fixed import digits_batch
     from labkit.models import create_model
@@ -111,7 +115,8 @@ def test_as_the_train_step_reducer_it_matches_psum(algorithm):
     state0 = jax.device_put(create_train_state(model, optax.sgd(0.5), (16, 16, 3), rng=1), topo.replicated)
     x, y = topo.shard_batch(images), topo.shard_batch(labels)
     ref, ref_metrics, _ = make_train_step(model, topo, donate=False)(state0, x, y)
-    step = make_train_step(model, topo, reduce_gradients=make_reducer(topo, algorithm, bucket_bytes=4096),
+    buckets = 4096 if algorithm == "torus2d_bidir" else None  # many buckets; unrolled link-level hops compile slowly
+    step = make_train_step(model, topo, reduce_gradients=make_reducer(topo, algorithm, bucket_bytes=buckets),
                            donate=False)
     state, metrics, _ = step(state0, x, y)
     assert float(metrics["loss"]) == pytest.approx(float(ref_metrics["loss"]), rel=1e-6)
@@ -133,3 +138,32 @@ def test_large_divisible_leaves_travel_alone_without_padding():
     packed = next(b for b in plan if 0 in b.leaves)
     assert 2 in packed.leaves and 3 in packed.leaves  # the odd-sized big leaf still needs packing/padding
     assert any(b.leaves == (4,) for b in plan)  # bf16 of half the bytes: below the threshold, own dtype bucket
+
+
+@pytest.mark.parametrize("algorithm", ["ring", "torus2d_links", "torus2d_bidir_links"])
+def test_in_the_train_step_every_gradient_byte_moves_by_ppermute(algorithm):
+    """make_reducer at its defaults in make_train_step: compared with a step whose reducer does nothing, the
+    only added collectives are ppermutes between torus neighbours (BN and metrics collectives are the same)."""
+    from collections import Counter
+    from labkit.models import create_model
+    from labkit.train.step import create_train_state, make_train_step
+    from tests.collectives.jaxpr_walk import collectives
+    from tests.collectives.test_algorithms import _hop_dimension
+    topo = Topology.build(shape=(2, 4), bn_group=2)
+    model = create_model("resnet_tiny", num_classes=10, bn_axis_name=topo.bn_axes)
+    state = jax.device_put(create_train_state(model, optax.sgd(0.1), (16, 16, 3)), topo.replicated)
+    x = topo.shard_batch(np.zeros((16, 16, 16, 3), np.float32))
+    y = topo.shard_batch(np.zeros((16,), np.int32))
+
+    def traced(reducer):
+        step = make_train_step(model, topo, reduce_gradients=reducer, donate=False)
+        return collectives(jax.make_jaxpr(step)(state, x, y))
+
+    def no_reduction(tree):
+        return tree
+    no_reduction.invariant = False
+    found, base = traced(make_reducer(topo, algorithm)), traced(no_reduction)
+    hops = [c for c in found if c[0] == "ppermute"]
+    assert hops and all(_hop_dimension(perm, topo.shape) for _, _, perm, _ in hops)
+    others = Counter((name, axes, shape) for name, axes, _, shape in found if name != "ppermute")
+    assert others == Counter((name, axes, shape) for name, axes, _, shape in base)
