@@ -137,6 +137,7 @@ class _Progress:
         self.follower = telemetry.JsonlFollower(storage.join(run_dir, "telemetry.jsonl"))
         self.out, self.period_s = out or sys.stdout, period_s
         self.total, self.next_step = None, 0
+        self.cells = "?"  # cells of the executed notebook (papermill adds its injected-parameters cell)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -173,6 +174,11 @@ class _Progress:
 
     def _say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
+
+    def on_cell_start(self, cell, cell_index: int, **_kw) -> None:
+        """papermill's per-cell hook: a line per code cell, so setup cells are not two silent minutes."""
+        if cell.get("cell_type") == "code":
+            self._say(f"  cell {cell_index + 1}/{self.cells}")
 
 
 @contextlib.contextmanager
@@ -216,6 +222,9 @@ def run_notebook(notebook: str | Path, parameters: dict, name: str, runs_dir: st
     storage.makedirs(run_dir)
     params = dict(parameters, workdir=storage.absolute(run_dir))
     tracker = _Progress(run_dir) if progress else contextlib.nullcontext()
+    if progress:
+        import nbformat
+        tracker.cells = len(nbformat.read(str(notebook), as_version=4).cells) + 1  # + papermill's injected cell
     executed = storage.join(run_dir, notebook.name)
     # papermill writes gs:// through gcsfs, not a labkit dependency: a gs:// run's notebook is written locally,
     # then uploaded through labkit.storage.
@@ -223,8 +232,9 @@ def run_notebook(notebook: str | Path, parameters: dict, name: str, runs_dir: st
                                                                        notebook.name)
     try:
         with _quiet_stderr(storage.join(run_dir, "kernel.log")), tracker:
+            hooks = {"on_cell_start": tracker.on_cell_start} if progress else {}
             pm.execute_notebook(str(notebook), local, parameters=params,
-                                kernel_name=kernel, progress_bar=False, cwd=str(notebook.parent))
+                                kernel_name=kernel, progress_bar=False, cwd=str(notebook.parent), **hooks)
     except pm.PapermillExecutionError as e:  # the notebook's own error: labkit's message is in evalue
         row.update(status="failed", error=f"{e.ename}: {e.evalue}")
         discard_failed_start(run_dir)

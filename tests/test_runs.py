@@ -100,6 +100,7 @@ def test_failed_start_keeps_nothing_then_the_fix_runs_then_a_rerun_leaves_it_unt
     assert cli.main(args) == 0  # the corrected command is not refused as "a different config"
     out = capsys.readouterr().out
     assert "  training: resnet_tiny on digits, 7 steps" in out and "  step 6/7" in out  # progress lines
+    assert "  cell 1/" in out  # and a line per cell before training starts
     assert "Kernel" not in out and "tensorflow" not in out.lower()  # kernel/TF noise goes to kernel.log
     assert "index: " in out and "(2 run(s), 1 failed; this command: 1 run, 0 failed)" in out
     summary = (run_dir / "summary.json").read_bytes()
@@ -161,3 +162,21 @@ def test_ctrl_c_during_a_run_prints_one_line_with_the_checkpoint_and_the_resume_
         assert lines[0] == (f"labkit run: interrupted; checkpoint kept: step 40 in {tmp_path / 'r' / 'checkpoints'}. "
                             f"Resume with: {resume}")
         assert (tmp_path / "r" / "config.json").exists()
+
+
+def test_a_run_shows_a_line_per_cell_and_sends_kernel_noise_to_kernel_log(tmp_path, capfd):
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("import sys\nprint('to stderr', file=sys.stderr)\nprint(x * 2)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "tiny.ipynb")
+    runs = tmp_path / "runs"
+    assert cli.main(["run", str(tmp_path / "tiny.ipynb"), "-p", "x", "21", "--name", "t", "--runs-dir",
+                     str(runs)]) == 0
+    out, err = capfd.readouterr()
+    assert [line for line in out.splitlines() if line.startswith("  cell ")] == ["  cell 1/3", "  cell 2/3",
+                                                                                  "  cell 3/3"]
+    assert "Kernel is running" not in out + err and "IPKernelApp" not in out + err  # in kernel.log instead
+    assert "this command: 1 run, 0 failed" in out
+    executed = nbformat.read(runs / "t" / "tiny.ipynb", as_version=4)
+    assert sorted(o["text"] for o in executed.cells[-1].outputs) == ["42\n", "to stderr\n"]  # kept in the notebook
