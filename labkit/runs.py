@@ -221,7 +221,8 @@ def run_notebook(notebook: str | Path, parameters: dict, name: str, runs_dir: st
         return row
     storage.makedirs(run_dir)
     params = dict(parameters, workdir=storage.absolute(run_dir))
-    tracker = _Progress(run_dir) if progress else contextlib.nullcontext()
+    # absolute: papermill chdirs to the notebook's folder while it executes, and the progress thread reads then
+    tracker = _Progress(storage.absolute(run_dir)) if progress else contextlib.nullcontext()
     if progress:
         import nbformat
         tracker.cells = len(nbformat.read(str(notebook), as_version=4).cells) + 1  # + papermill's injected cell

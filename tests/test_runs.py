@@ -164,19 +164,23 @@ def test_ctrl_c_during_a_run_prints_one_line_with_the_checkpoint_and_the_resume_
         assert (tmp_path / "r" / "config.json").exists()
 
 
-def test_a_run_shows_a_line_per_cell_and_sends_kernel_noise_to_kernel_log(tmp_path, capfd):
+def test_a_run_shows_a_line_per_cell_and_sends_kernel_noise_to_kernel_log(tmp_path, capfd, monkeypatch):
+    start = {"kind": "run", "phase": "start", "model": "m", "dataset": "d", "total_steps": 3, "time": 0.0}
     nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("import sys\nprint('to stderr', file=sys.stderr)\nprint(x * 2)")])
+        nbformat.v4.new_code_cell("x = 1\nworkdir = None", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("import sys\nprint('to stderr', file=sys.stderr)\nprint(x * 2)\n"
+                                  f"_ = open(workdir + '/telemetry.jsonl', 'w').write({json.dumps(start)!r} + '\\n')")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, tmp_path / "tiny.ipynb")
+    monkeypatch.chdir(tmp_path)  # a relative runs dir: papermill chdirs to the notebook's folder meanwhile
     runs = tmp_path / "runs"
     assert cli.main(["run", str(tmp_path / "tiny.ipynb"), "-p", "x", "21", "--name", "t", "--runs-dir",
-                     str(runs)]) == 0
+                     "runs"]) == 0
     out, err = capfd.readouterr()
     assert [line for line in out.splitlines() if line.startswith("  cell ")] == ["  cell 1/3", "  cell 2/3",
                                                                                   "  cell 3/3"]
     assert "Kernel is running" not in out + err and "IPKernelApp" not in out + err  # in kernel.log instead
     assert "this command: 1 run, 0 failed" in out
+    assert "  training: m on d, 3 steps" in out  # the run's telemetry was followed
     executed = nbformat.read(runs / "t" / "tiny.ipynb", as_version=4)
     assert sorted(o["text"] for o in executed.cells[-1].outputs) == ["42\n", "to stderr\n"]  # kept in the notebook
