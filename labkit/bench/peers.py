@@ -79,7 +79,7 @@ def _setup_steps(model_name: str, image_size: int, global_batch: int, num_classe
 
     from labkit.mesh import Topology
     from labkit.models import create_model
-    from labkit.train.step import create_train_state, make_train_step
+    from labkit.train.step import TrainState, create_train_state, make_train_step
     n = jax.device_count()
     topo = Topology.build(bn_group=n)  # global BN, as in the Flax example
     tx = optax.sgd(0.1, momentum=0.9)
@@ -90,9 +90,10 @@ def _setup_steps(model_name: str, image_size: int, global_batch: int, num_classe
     images = rng.normal(size=(global_batch, image_size, image_size, 3)).astype(np.float32)
     labels = rng.integers(0, num_classes, global_batch).astype(np.int32)
     labkit_state = jax.device_put(state0, topo.replicated)
-    flax_state = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(jnp.asarray(x), (n, *jnp.shape(x))), state0)
-    flax_state = flax_state.replace(apply_fn=flax_model.apply, params=_renamed(flax_state.params),
-                                    batch_stats=_renamed(flax_state.batch_stats))
+    # The same initial variables under linen's layer names; a fresh (zero) optimizer state, as labkit's is.
+    flax_state = TrainState.create(apply_fn=flax_model.apply, params=_renamed(state0.params), tx=tx,
+                                   batch_stats=_renamed(state0.batch_stats))
+    flax_state = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(jnp.asarray(x), (n, *jnp.shape(x))), flax_state)
     put = jax.pmap(lambda x: x)  # device-resident per-device batches, as the example's prefetch leaves them
     return {"labkit": {"step": make_train_step(model, topo), "state": labkit_state,
                        "images": topo.shard_batch(images), "labels": topo.shard_batch(labels)},
