@@ -169,7 +169,8 @@ def test_a_run_shows_a_line_per_cell_and_sends_kernel_noise_to_kernel_log(tmp_pa
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell("x = 1\nworkdir = None", metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell("import sys\nprint('to stderr', file=sys.stderr)\nprint(x * 2)\n"
-                                  f"_ = open(workdir + '/telemetry.jsonl', 'w').write({json.dumps(start)!r} + '\\n')")])
+                                  f"_ = open(workdir + '/telemetry.jsonl', 'w').write({json.dumps(start)!r} + '\\n')"),
+        nbformat.v4.new_code_cell("import time\ntime.sleep(3)"), nbformat.v4.new_code_cell("y = 0")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, tmp_path / "tiny.ipynb")
     monkeypatch.chdir(tmp_path)  # a relative runs dir: papermill chdirs to the notebook's folder meanwhile
@@ -177,10 +178,10 @@ def test_a_run_shows_a_line_per_cell_and_sends_kernel_noise_to_kernel_log(tmp_pa
     assert cli.main(["run", str(tmp_path / "tiny.ipynb"), "-p", "x", "21", "--name", "t", "--runs-dir",
                      "runs"]) == 0
     out, err = capfd.readouterr()
-    assert [line for line in out.splitlines() if line.startswith("  cell ")] == ["  cell 1/3", "  cell 2/3",
-                                                                                  "  cell 3/3"]
+    lines = [line for line in out.splitlines() if line.startswith(("  cell ", "  training"))]
+    assert lines == ["  cell 1/5", "  cell 2/5", "  cell 3/5", "  cell 4/5", "  training: m on d, 3 steps",
+                     "  cell 5/5"]  # telemetry is followed while the notebook runs, not only at its end
     assert "Kernel is running" not in out + err and "IPKernelApp" not in out + err  # in kernel.log instead
     assert "this command: 1 run, 0 failed" in out
-    assert "  training: m on d, 3 steps" in out  # the run's telemetry was followed
     executed = nbformat.read(runs / "t" / "tiny.ipynb", as_version=4)
-    assert sorted(o["text"] for o in executed.cells[-1].outputs) == ["42\n", "to stderr\n"]  # kept in the notebook
+    assert sorted(o["text"] for o in executed.cells[-3].outputs) == ["42\n", "to stderr\n"]  # kept in the notebook
