@@ -137,7 +137,7 @@ class _Progress:
         self.follower = telemetry.JsonlFollower(storage.join(run_dir, "telemetry.jsonl"))
         self.out, self.period_s = out or sys.stdout, period_s
         self.total, self.next_step = None, 0
-        self.cells = "?"  # cells of the executed notebook (papermill adds its injected-parameters cell)
+        self.cells, self.started = "?", 0  # code cells of the executed notebook, and those started
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -178,7 +178,8 @@ class _Progress:
     def on_cell_start(self, cell, cell_index: int, **_kw) -> None:
         """papermill's per-cell hook: a line per code cell, so setup cells are not two silent minutes."""
         if cell.get("cell_type") == "code":
-            self._say(f"  cell {cell_index + 1}/{self.cells}")
+            self.started += 1
+            self._say(f"  cell {self.started}/{self.cells}")
 
 
 @contextlib.contextmanager
@@ -225,7 +226,8 @@ def run_notebook(notebook: str | Path, parameters: dict, name: str, runs_dir: st
     tracker = _Progress(storage.absolute(run_dir)) if progress else contextlib.nullcontext()
     if progress:
         import nbformat
-        tracker.cells = len(nbformat.read(str(notebook), as_version=4).cells) + 1  # + papermill's injected cell
+        cells = nbformat.read(str(notebook), as_version=4).cells
+        tracker.cells = sum(c.cell_type == "code" for c in cells) + 1  # + papermill's injected-parameters cell
     executed = storage.join(run_dir, notebook.name)
     # papermill writes gs:// through gcsfs, not a labkit dependency: a gs:// run's notebook is written locally,
     # then uploaded through labkit.storage.
