@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-LESSONS = ["01_distributed_bn", "02_input_pipeline", "03_torus_allreduce", "04_train", "05_scale_to_pod"]
+LESSONS = ["01_distributed_bn", "02_input_pipeline", "03_torus_allreduce", "04_train", "05_scale_to_pod",
+           "06_paper_claims"]
 # Cells that need what only an ignored (timed, machine-dependent) cell computed are not re-run.
 _SKIP = ("NBVAL_IGNORE_OUTPUT", "NBVAL_SKIP", "importlib.util.find_spec(\"labkit\")")
 

@@ -47,7 +47,7 @@ class BNView:
 
     kinds = ("bn_stats",)
 
-    def __init__(self, feed: Feed, *, metric: str = "replica_vs_group", max_points: int = 1000,
+    def __init__(self, feed: Feed, *, metric: str = _NOISE, max_points: int = 1000,
                  max_replica_lines: int = 64):
         if metric not in DEVIATIONS:
             raise ValueError(f"metric: {metric!r} is not a deviation field; allowed: {list(DEVIATIONS)}")
@@ -292,7 +292,7 @@ class BNView:
             self._draw_heatmap()
 
 
-def bn_view(source=None, *, metric: str = "replica_vs_group", period_ms: int = 500, live: bool = True) -> pn.Column:
+def bn_view(source=None, *, metric: str = _NOISE, period_ms: int = 500, live: bool = True) -> pn.Column:
     """Per-replica BN statistics, live: ``source`` is a source, EventStream, run directory or None."""
     feed = Feed(source, period_ms=period_ms)
     view = BNView(feed, metric=metric)

@@ -59,6 +59,7 @@ def test_bn_view_heatmap_holds_the_latest_step_and_torus_shows_the_groups(stream
             stream.emit("bn_stats", step=step, **record)
     page.feed.poll()
     view = page.views["bn"]
+    view.metric.value = "replica_vs_group"  # the field this test fills (the default view is the BN noise)
     heat = view.heat.data
     assert len(heat["value"]) == 8 * len(LAYERS)
     for replica, layer, value in zip(heat["replica"], heat["layer"], heat["value"]):
@@ -213,13 +214,13 @@ def test_every_plot_has_axis_labels_and_its_legend_beside_the_data(stream):
     assert [item.label.value for item in legend.items] == ["group A: replicas 0,1", "group B: replicas 2,3",
                                                            "group C: replicas 4,5", "group D: replicas 6,7"]
     assert [len(item.renderers) for item in legend.items] == [2, 2, 2, 2]
+    assert bn.color_bar.title == "group_vs_running (relative deviation)"  # the default: the noise g controls
+    bn.metric.value = "replica_vs_group"
     assert bn.color_bar.title == "replica_vs_group (relative deviation)"
-    bn.metric.value = "group_vs_running"
-    assert bn.color_bar.title == "group_vs_running (relative deviation)"
 
 
 def test_switching_the_deviation_redraws_a_finished_runs_plot(stream):
-    page = bn_view(MemorySource(stream), live=False)
+    page = bn_view(MemorySource(stream), metric="replica_vs_group", live=False)
     emit_run_start(stream, bn_group=2)
     emit_steps(stream, 0, 30, bn_group=2)
     stream.emit("run", phase="end")
