@@ -137,7 +137,10 @@ def compare_steps(model_name: str, image_size: int, global_batch: int, *, blocks
     """Median seconds per step of each mode (interleaved blocks), after the loss equality check."""
     ctx = _setup_steps(model_name, image_size, global_batch)
     losses = check_step_equality(ctx)
-    modes = {mode: functools.partial(_run, ctx, mode, steps) for mode in ("labkit", "flax-style")}
+    # Each block ends when its last step's *state* is ready too, not just its loss: no update leaks into the next
+    # block's clock (the same rule for both modes).
+    modes = {mode: (lambda mode=mode: (_run(ctx, mode, steps), ctx[mode]["state"]))
+             for mode in ("labkit", "flax-style")}
     times = timer.interleave(modes, blocks, warmup=warmup)
     med = {mode: t / steps for mode, t in timer.medians(times).items()}
     return {"model": model_name, "image_size": image_size, "global_batch": global_batch, "losses": losses,
