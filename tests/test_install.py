@@ -74,13 +74,32 @@ def _code(nb):
     return [c for c in nb["cells"] if c["cell_type"] == "code"]
 
 
-def test_stamp_notebooks_on_copies(tmp_path):
+_OLD_CELL = ['import importlib.util, os, subprocess, sys\n', 'if importlib.util.find_spec("labkit") is None:\n',
+             '    source = os.environ.get("LABKIT_SOURCE", "git+https://github.com/OWNER/labkit")\n',
+             '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", source, "tensorflow-cpu"], check=True)']
+
+
+def _unstamped(nb):
+    """The notebook as it was before stamping: no badge, the old install cell (which replaced Colab's jax)."""
+    cells = [c for c in nb["cells"] if "labkit-colab-badge" not in c["metadata"].get("tags", [])]
+    for c in cells:
+        if "labkit-install" in c["metadata"].get("tags", []):
+            c["metadata"]["tags"].remove("labkit-install")
+            c["source"] = list(_OLD_CELL)
+    return {**nb, "cells": cells}
+
+
+def test_committed_notebooks_are_stamped_and_stamping_old_ones_on_copies(tmp_path):
     sources = sorted((ROOT / "notebooks").glob("*.ipynb"))
     assert sources
     for src in sources:
+        committed = json.loads(src.read_text())  # carries the current stamp (else: run --stamp-notebooks)
+        assert "".join(committed["cells"][0]["source"]) == install.badge_markdown(src.name), src.name
+        stamped = [c for c in _code(committed) if "labkit-install" in c["metadata"].get("tags", [])]
+        assert len(stamped) == 1 and "".join(stamped[0]["source"]) == install.CELL_SOURCE, src.name
         dst = tmp_path / src.name
-        shutil.copy(src, dst)
-        before = json.loads(dst.read_text())
+        before = _unstamped(json.loads(src.read_text()))
+        dst.write_text(json.dumps(before, indent=1))
         assert install.stamp_notebook(dst) is True
         nb = json.loads(dst.read_text())
         assert nb["cells"][0]["cell_type"] == "markdown"
