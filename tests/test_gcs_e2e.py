@@ -58,7 +58,8 @@ def test_train_kill_resume_and_dashboard_on_gs(gcs):  # noqa: F811
     deadline = time.monotonic() + 480  # generous: a loaded 2-core machine takes minutes to import and compile
     while not storage.exists(committed) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
+    if proc.poll() is None:  # still training: kill it mid-run (if it already exited, say why below)
+        os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     err = proc.stderr.read().decode(errors="replace")[-3000:]
     assert proc.returncode == -signal.SIGKILL and storage.exists(committed), f"not killed mid-run:\n{err}"
