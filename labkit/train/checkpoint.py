@@ -53,10 +53,23 @@ def _check_against(path: str, workdir, config: Config, force: bool) -> None:
                               "use another workdir, or force the resume (--force / force=True)")
 
 
+def _require_gcs_client(workdir) -> None:
+    """Orbax asks google-cloud-storage about a gs:// bucket (its namespace) before listing checkpoints: without
+    the package it fails deep inside Orbax, so say so up front."""
+    try:
+        import google.cloud.storage  # noqa: F401
+    except ImportError:
+        raise RuntimeError(f"workdir {str(workdir)!r}: checkpoints on gs:// need the google-cloud-storage package "
+                           "(Orbax uses it for gs:// directories), which is not installed; install it with "
+                           "`pip install 'google-cloud-storage>=3,<4'` (labkit's own install does)") from None
+
+
 class Checkpointer:
     """Orbax ``CheckpointManager`` over ``workdir/checkpoints``, keeping the last ``keep`` steps."""
 
     def __init__(self, workdir: str | Path, keep: int = 2):
+        if storage.is_url(workdir) and str(workdir).startswith("gs://"):
+            _require_gcs_client(workdir)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         # A string, not a Path: Path("gs://b/w") collapses to "gs:/b/w"; Orbax takes gs:// URLs itself (etils).
         self._manager = ocp.CheckpointManager(storage.join(storage.absolute(workdir), "checkpoints"),

@@ -40,3 +40,27 @@ def test_workdir_config_guard(tmp_path):
     with pytest.raises(ConfigError, match=r"different config \(bn_group: 2 -> 4\).*force"):
         check_workdir_config(tmp_path, cfg.replace(bn_group=4))
     check_workdir_config(tmp_path, cfg.replace(bn_group=4), force=True)
+
+
+def test_gs_workdir_without_google_cloud_storage_names_the_package(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_google_cloud(name, *args, **kwargs):  # as in an environment without google-cloud-storage
+        if name.startswith("google.cloud"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_google_cloud)
+    with pytest.raises(RuntimeError, match=r"gs://b/run.*google-cloud-storage.*pip install"):
+        Checkpointer("gs://b/run")
+
+
+def test_google_cloud_storage_is_a_declared_dependency():
+    # Orbax imports it for gs:// checkpoints; a fresh install must have it (the gs:// e2e test found it missing).
+    import re
+    import tomllib
+    from pathlib import Path
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[<>=!~\[;\s]", r, maxsplit=1)[0] for r in project["dependencies"]}
+    assert "google-cloud-storage" in names
