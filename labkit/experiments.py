@@ -40,17 +40,13 @@ EXPERIMENTS = {
                 "(--sweep seed=0 / 1 / 2; identical run names and configs)",
     },
     "large_batch": {
-        "title": "LARS vs SGD as the global batch grows, same epochs (Fashion-MNIST, resnet_tiny, 8 replicas)",
-        "commands": ["labkit run -p preset fmnist-large-batch --sweep global_batch=256,1024,4096 "
-                     "--name lars --runs-dir runs/large_batch",
-                     "labkit run -p preset fmnist-large-batch -p base_lr 4.0 --sweep global_batch=256,1024,4096 "
-                     "--name lars-lr4 --runs-dir runs/large_batch",
-                     "labkit run -p preset fmnist-large-batch -p optimizer sgd -p base_lr 0.2 "
-                     "--sweep global_batch=256,1024,4096 --name sgd --runs-dir runs/large_batch"],
+        "title": "LARS vs SGD as the global batch grows, same epochs (Fashion-MNIST 16 px, resnet_tiny, 8 replicas)",
+        "commands": ["labkit run -p preset fmnist-large-batch -p optimizer sgd --sweep base_lr=0.1,0.4 "
+                     "--sweep global_batch=4096,1024,256 --name sgd --runs-dir runs/large_batch",
+                     "labkit run -p preset fmnist-large-batch -p optimizer lars --sweep base_lr=1,4 "
+                     "--sweep global_batch=4096,1024,256 --name lars --runs-dir runs/large_batch"],
         "columns": ("optimizer", "base_lr", "global_batch", "peak_lr", "steps", "top1", "images_per_s",
                     "wall_time_s"),
-        "note": "the committed LARS (LR 1) sweep also started global_batch=8192 (6 steps) and was stopped there "
-                "to save time",
     },
     "input_ladder": {
         "title": "Input ladder vs time to 65% top-1 (Fashion-MNIST, resnet_tiny, batch 256, 8 replicas)",
@@ -237,6 +233,14 @@ def _by_optimizer(rows) -> dict:
     return out
 
 
+def _best_per_batch(rows) -> dict:
+    """{optimizer: [the run with the best top-1 at each global batch, over the LR grid]} (ascending batch)."""
+    out: dict = {}
+    for opt, rs in _by(rows, "optimizer").items():
+        out[opt] = [max(b, key=lambda r: r["top1"]) for _, b in _by(rs, "global_batch").items()]
+    return dict(sorted(out.items(), key=lambda kv: kv[0] != "sgd"))
+
+
 _LADDER_ORDER = ("naive", "interleave", "parallel_map", "fused_crop", "cache", "bfloat16", "prefetch",
                  "private_threadpool", "all")
 
@@ -263,6 +267,15 @@ def summarize(name: str, data: dict) -> str:
             cells = [f"{r['global_batch']}: {r['top1']:.4f} ({r['steps']} steps, peak LR {r['peak_lr']:g})"
                      for r in sorted(rs, key=lambda r: r["global_batch"])]
             lines.append(f"{label}: " + "; ".join(cells))
+        best = _best_per_batch(runs)
+        for opt, rs in best.items():
+            lines.append(f"{opt.upper()} at its better LR per batch: "
+                         + "; ".join(f"{r['global_batch']}: {r['top1']:.4f}" for r in rs))
+        if {"sgd", "lars"} <= set(best):
+            sgd = {r["global_batch"]: r["top1"] for r in best["sgd"]}
+            gaps = [f"{r['global_batch']}: {(r['top1'] - sgd[r['global_batch']]) * 100:+.1f}"
+                    for r in best["lars"] if r["global_batch"] in sgd]
+            lines.append("LARS minus SGD (points, each at its better LR): " + "; ".join(gaps))
     else:
         for r in sorted(runs, key=lambda r: _LADDER_ORDER.index(r["input_rung"])):
             tta = r["time_to_accuracy_s"]
@@ -302,22 +315,25 @@ def plot(name: str, data: dict):
         ax.set_title("BN group size at 4 images per replica", fontsize=10)
         ax.legend(fontsize=8)
     elif name == "large_batch":
-        for k, (label, rs) in enumerate(_by_optimizer(runs).items()):
-            rs = sorted(rs, key=lambda r: r["global_batch"])
-            ax.plot([r["global_batch"] for r in rs], [r["top1"] for r in rs], marker="o", color=colors[k],
-                    label=label)
-            if k == 0:
-                for r in rs:
-                    ax.annotate(f"{r['steps']} steps", (r["global_batch"], r["top1"]), fontsize=7,
-                                textcoords="offset points", xytext=(4, 4))
+        for k, (opt, rs) in enumerate(_best_per_batch(runs).items()):  # thick: the better LR at each batch
+            ax.plot([r["global_batch"] for r in rs], [r["top1"] for r in rs], marker="o", lw=2.2, color=colors[k],
+                    label=f"{opt.upper()}, better LR per batch", zorder=3)
+            for r in rs:
+                ax.annotate(f"{r['base_lr']:g}", (r["global_batch"], r["top1"]), fontsize=7, color=colors[k],
+                            textcoords="offset points", xytext=(5, -10 if opt == "sgd" else 5))
+            for j, (lr, lr_rs) in enumerate(_by([r for r in runs if r["optimizer"] == opt], "base_lr").items()):
+                lr_rs = sorted(lr_rs, key=lambda r: r["global_batch"])  # thin: each LR of the grid
+                ax.plot([r["global_batch"] for r in lr_rs], [r["top1"] for r in lr_rs], lw=0.8,
+                        ls=("--", ":")[j % 2], color=colors[k], alpha=0.6,
+                        label=f"{opt.upper()}, LR {lr:g} x B/256")
         ax.set_xscale("log", base=2)
-        batches = sorted({r["global_batch"] for r in runs})
-        ax.set_xticks(batches, [str(b) for b in batches])
+        steps = {r["global_batch"]: r["steps"] for r in runs}
+        ax.set_xticks(sorted(steps), [f"{b}\n{steps[b]} steps" for b in sorted(steps)])
         ax.axhline(0.1, color="#999999", lw=0.8, ls=":", label="chance (10%)")
-        ax.set_xlabel("global batch (same number of epochs)")
+        ax.set_xlabel("global batch (same number of epochs); labels: base LR of the better run")
         ax.set_ylabel("final validation top-1")
         ax.set_title("LARS vs SGD as the batch grows", fontsize=10)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     else:
         order = sorted({r["input_rung"] for r in runs}, key=_LADDER_ORDER.index)
         for k, rung in enumerate(order):

@@ -64,9 +64,31 @@ def test_committed_results_are_complete():
     assert {(r["per_replica_batch"], r["bn_batch"] // r["bn_group"]) for r in bn} == {(4, 4)}
     large = experiments.load("large_batch")["runs"]
     assert sorted((r["optimizer"], r["base_lr"], r["global_batch"]) for r in large) == \
-        sorted((o, lr, b) for o, lr in (("sgd", 0.2), ("lars", 1.0), ("lars", 4.0)) for b in (256, 1024, 4096))
+        sorted((o, lr, b) for o, lr in (("sgd", 0.1), ("sgd", 0.4), ("lars", 1.0), ("lars", 4.0))
+               for b in (256, 1024, 4096))
+    assert {(r["global_batch"], r["steps"]) for r in large} == {(256, 1404), (1024, 348), (4096, 84)}  # 6 epochs
     ladder = experiments.load("input_ladder")["runs"]
     assert {r["input_rung"] for r in ladder} == {"naive", "parallel_map", "private_threadpool"}
     for name in experiments.EXPERIMENTS:
         folder = experiments.RESULTS_DIR / name
         assert (folder / "figure.png").is_file() and "simulated" in (folder / "machine.txt").read_text()
+
+
+def test_large_batch_compares_each_optimizer_at_its_better_lr(tmp_path):
+    runs = tmp_path / "runs" / "large_batch"
+    base = Config(dataset="fashion_mnist", optimizer="sgd")
+    top1 = {("sgd", 0.1, 256): 0.80, ("sgd", 0.4, 256): 0.78, ("sgd", 0.1, 4096): 0.60, ("sgd", 0.4, 4096): 0.65,
+            ("lars", 1.0, 256): 0.79, ("lars", 4.0, 256): 0.81, ("lars", 1.0, 4096): 0.72, ("lars", 4.0, 4096): 0.10}
+    rows = [_fake_run(runs, f"{o}-{lr}-{b}", base.replace(optimizer=o, base_lr=lr, global_batch=b),
+                      {"top1": a, "steps": 1404 if b == 256 else 84, "images_per_s": 1.0, "wall_time_s": 1.0})
+            for (o, lr, b), a in top1.items()]
+    _write_index(runs, rows)
+    out = experiments.collect("large_batch", tmp_path, tmp_path / "results", machine="m\n")
+    data = experiments.load("large_batch", tmp_path / "results")
+    assert {(r["optimizer"], r["base_lr"], r["global_batch"], r["peak_lr"]) for r in data["runs"]} >= \
+        {("sgd", 0.4, 4096, 6.4), ("lars", 4.0, 256, 4.0)}  # peak LR = base LR x B/256
+    text = experiments.summarize("large_batch", data)
+    assert "SGD at its better LR per batch: 256: 0.8000; 4096: 0.6500" in text
+    assert "LARS at its better LR per batch: 256: 0.8100; 4096: 0.7200" in text
+    assert "LARS minus SGD (points, each at its better LR): 256: +1.0; 4096: +7.0" in text
+    assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
