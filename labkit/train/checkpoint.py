@@ -68,7 +68,7 @@ class Checkpointer:
     """Orbax ``CheckpointManager`` over ``workdir/checkpoints``, keeping the last ``keep`` steps."""
 
     def __init__(self, workdir: str | Path, keep: int = 2):
-        if storage.is_url(workdir) and str(workdir).startswith("gs://"):
+        if str(workdir).startswith("gs://"):
             _require_gcs_client(workdir)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         # A string, not a Path: Path("gs://b/w") collapses to "gs:/b/w"; Orbax takes gs:// URLs itself (etils).
