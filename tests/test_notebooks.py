@@ -4,8 +4,8 @@ The staleness check re-executes, in this process, every notebook cell whose outp
 code cell not marked ``NBVAL_IGNORE_OUTPUT``: exactness checks, traced collectives, ring order, step counts,
 the BN-noise table with its seeded batches, the pod projection) and compares what it prints with what the
 committed notebook stores. A stale stored number (e.g. "target after 66 steps" when HEAD needs 88) fails.
-04's training run is too long for the fast suite: its stored step count is checked by a slow test, and its
-cell must stay under nbval's comparison (not ignored).
+04's training run is too long to run twice: nbval (which executes every notebook) compares its stored step
+count exactly, so its cell must stay under nbval's comparison (not ignored), and its top-1 within [target, 1].
 """
 from __future__ import annotations
 
@@ -107,18 +107,29 @@ def test_04_step_count_is_compared_by_nbval():
     assert not re.search(r"\d+\.\d s|images/s", _stdout(cells[0])), "timings would make the checked cell flaky"
 
 
-@pytest.mark.slow
-def test_04_stored_step_count_matches_a_fresh_run(tmp_path):
-    """The stored number of steps to the target equals a fresh run of 04's defaults (deterministic input)."""
-    from labkit.runs import config_from_parameters
-    from labkit.train.loop import train_and_evaluate
-    params = next(c for c in _cells("04_train") if "parameters" in c.get("metadata", {}).get("tags", []))
-    namespace: dict = {}
-    exec(_src(params), namespace)  # noqa: S102 - the notebook's parameters cell
+def _sanitize(text: str) -> str:
+    """``text`` as nbval compares it: every regex of notebooks/nbval-sanitize.cfg applied, read by nbval itself."""
+    from nbval.plugin import get_sanitize_patterns
+    for regex, replace in get_sanitize_patterns((NOTEBOOKS / "nbval-sanitize.cfg").read_text()):
+        text = re.sub(regex, replace, text)
+    return text
+
+
+def test_04_top1_is_masked_only_at_or_above_its_target():
+    """nbval masks 04's exact top-1 (jax 0.10 and 0.12 differ by an image or two), but only inside
+    [target, 1]: a fresh top-1 below the target still differs from the stored output, so nbval fails on it.
+    The window is exactly what the stored "stopped: target" implies (the run stops when top-1 >= target)."""
     stored = next(_stdout(c) for c in _cells("04_train") if "stopped:" in _stdout(c))
-    steps = int(re.search(r"after (\d+) steps", stored).group(1))
-    summary = train_and_evaluate(config_from_parameters(namespace["preset"], namespace), tmp_path, log=None)
-    assert summary["steps"] == steps, f"04 stores 'after {steps} steps'; a fresh run takes {summary['steps']}"
-    # nbval masks the exact top-1 (jax 0.10 and 0.12 differ by an image or two): it is checked here, within 2 points
-    top1 = float(re.search(r"top-1 (\d\.\d+)", stored).group(1))  # printed by the same cell as "stopped:"
-    assert abs(summary["top1"] - top1) <= 0.02, f"04 stores top-1 {top1}; a fresh run reaches {summary['top1']}"
+    assert stored.startswith("stopped: target after"), "04's defaults must reach the target"
+    target = float(re.search(r"target (\d\.\d+)\)", stored).group(1))
+    top1 = float(re.search(r"top-1 (\d\.\d{4})", stored).group(1))
+    assert top1 >= target
+
+    def printed(acc: float) -> str:  # the line exactly as 04's cell prints it
+        return re.sub(r"top-1 \d\.\d{4}  \(best \d\.\d{4}", f"top-1 {acc:.4f}  (best {acc:.4f}", stored)
+
+    assert _sanitize(stored) != stored, "04's stored top-1 is not masked: jax 0.10 and 0.12 would disagree"
+    for acc in (target, target + 0.01, 0.9999, 1.0):
+        assert _sanitize(printed(acc)) == _sanitize(stored), f"a top-1 of {acc} (>= target) must pass nbval"
+    for acc in (target - 0.0001, target - 0.01, 0.5):
+        assert _sanitize(printed(acc)) != _sanitize(stored), f"a top-1 of {acc} (< target) must fail nbval"
