@@ -36,7 +36,7 @@ def test_output_shapes(name):
 
 
 # Both block kinds at teaching size: the basic block (resnet_tiny) and resnet50's bottleneck block in a two-stage,
-# 8-filter net (init of a full-size net compiles for seconds per block; the block code is the same).
+# 8-filter net (the block code is the same; a full-size net's init only compiles longer).
 _BLOCK_KINDS = {"resnet_tiny": {}, "resnet50": {"stage_sizes": (1, 1), "width": 0.125, "small_inputs": True}}
 
 
