@@ -7,11 +7,16 @@ and ``classify_collectives`` (the compiled step's collective ops by category). C
   bn_collectives      the BN group sums, forward and backward (ops under the ``bn_group_sum`` scope, labkit.bn)
   gradient_allreduce  the gradient reducer's collectives (ops under the ``gradient_allreduce`` scope, train.step)
   other_collectives   the rest: running-statistics and metric means
+  unattributed        device time that cannot be tied to an instruction of the step: device-line events without
+                      ``args.hlo_op`` (trace formats that do not carry the op metadata), and events whose
+                      ``hlo_op`` is not an instruction of the step's modules. Never counted as compute.
   input_wait          the host waiting for the next device batch (``labkit_input_wait`` annotations)
   host                the rest of the step's wall time: dispatch, Python, idle devices
 How ops are tied to categories: each trace event of a device op carries ``args.hlo_op`` (the HLO instruction
 name) and ``args.hlo_module``; the compiled module's proto gives every instruction's opcode and ``op_name``
 metadata, i.e. the jaxpr's name stack (``.../DistributedBatchNorm_0/bn_group_sum/psum``). No HLO text is parsed.
+A device line is a trace process named ``/device:...`` (the profiler's GPU and TPU lines); on CPU the device ops
+run on host threads and are known by their ``hlo_op``.
 On CPU the devices are simulated threads: collective time includes waiting for the slowest thread (simulation).
 Must not: change training state or the training loop (it builds its own copy of the step).
 """
@@ -27,7 +32,9 @@ from typing import Any
 __all__ = ["CATEGORIES", "profile_training", "profile_step", "step_breakdown", "classify_collectives", "read_trace",
            "emit_breakdown"]
 
-CATEGORIES = ("compute", "bn_collectives", "gradient_allreduce", "other_collectives", "input_wait", "host")
+CATEGORIES = ("compute", "bn_collectives", "gradient_allreduce", "other_collectives", "unattributed", "input_wait",
+              "host")
+_DEVICE = CATEGORIES[:5]  # the categories of device time (mean over devices)
 STEP_EVENT = "labkit_step"          # a StepTraceAnnotation around one whole step (input + dispatch + device)
 INPUT_EVENT = "labkit_input_wait"   # a TraceAnnotation around fetching the next device batch
 _SCOPES = (("bn_group_sum", "bn_collectives"), ("gradient_allreduce", "gradient_allreduce"))
@@ -60,6 +67,16 @@ def _module_names(compiled) -> set[str]:
             for m in compiled.runtime_executable().hlo_modules()}
 
 
+def _instruction_names(compiled) -> set[str]:
+    """Every instruction name of the compiled step's modules (what a trace event's ``hlo_op`` may name)."""
+    from tensorflow.compiler.xla.service import hlo_pb2
+    names: set[str] = set()
+    for module in compiled.runtime_executable().hlo_modules():
+        proto = hlo_pb2.HloModuleProto.FromString(module.as_serialized_hlo_module_proto())
+        names.update(ins.name for comp in proto.computations for ins in comp.instructions)
+    return names
+
+
 def read_trace(logdir: str | os.PathLike) -> dict:
     """The newest ``*.trace.json.gz`` that ``jax.profiler.trace(logdir)`` wrote, as a dict."""
     files = sorted(Path(logdir).glob("plugins/profile/*/*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
@@ -82,38 +99,54 @@ def _top_level(events: list[dict]) -> list[dict]:
     return out
 
 
-def step_breakdown(trace: dict, collectives: dict[str, str], modules: set[str] | None = None) -> dict:
+def _device_pids(trace: dict) -> set:
+    """Trace processes that are device lines: named ``/device:...`` by a ``process_name`` metadata event."""
+    return {e.get("pid") for e in trace.get("traceEvents", [])
+            if e.get("ph") == "M" and e.get("name") == "process_name"
+            and str(e.get("args", {}).get("name", "")).startswith("/device:")}
+
+
+def step_breakdown(trace: dict, collectives: dict[str, str], modules: set[str] | None = None,
+                   instructions: set[str] | None = None) -> dict:
     """Per-step time by category from a trace (``read_trace``) and ``classify_collectives``' table.
 
     Returns plain numbers: ``steps``, ``devices``, ``step_s`` (mean wall time of a ``labkit_step``),
     ``seconds`` and ``fractions`` by ``CATEGORIES`` (fractions sum to 1), ``overlap_s`` (device and input time
-    beyond the step's wall time, which ``host`` cannot absorb: 0 when the parts add up to ``step_s``), and
-    ``collective_ops`` (distinct collective ops seen per category). ``modules``: the step's HLO module names
-    (other programs' ops are ignored); None = every module.
+    beyond the step's wall time, which ``host`` cannot absorb: 0 when the parts add up to ``step_s``),
+    ``collective_ops`` (distinct collective ops seen per category) and ``unattributed_events`` (device events
+    per step, summed over devices, whose time went to ``unattributed``). ``modules``: the step's HLO module names
+    (other programs' ops are ignored); None = every module. ``instructions``: every instruction name of those
+    modules; an ``hlo_op`` outside it is unattributed (None: every ``hlo_op`` not in ``collectives`` is compute).
     """
     events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X"]
     steps = sorted((e for e in events if e.get("name") == STEP_EVENT), key=lambda e: e["ts"])
     if not steps:
         raise ValueError(f"profile: the trace has no {STEP_EVENT!r} events (trace steps inside "
                          f"jax.profiler.StepTraceAnnotation({STEP_EVENT!r}, step_num=i))")
-    ops = _top_level([e for e in events if "hlo_op" in e.get("args", {})
-                      and (modules is None or e["args"].get("hlo_module") in modules)])
+    device_pids = _device_pids(trace)
+    ops = _top_level([e for e in events
+                      if ("hlo_op" in e.get("args", {}) and (modules is None or e["args"].get("hlo_module") in modules))
+                      or ("hlo_op" not in e.get("args", {}) and "hlo_module" not in e.get("args", {})
+                          and e.get("pid") in device_pids)])  # (a whole-module span is not an op)
     waits = [e for e in events if e.get("name") == INPUT_EVENT]
     totals = dict.fromkeys(CATEGORIES, 0.0)
     seen: dict[str, set] = {c: set() for c in ("bn_collectives", "gradient_allreduce", "other_collectives")}
-    devices, overlap = set(), 0.0
+    devices, overlap, unattributed = set(), 0.0, 0
     for s in steps:
         lo, hi = s["ts"], s["ts"] + s["dur"]
         per_device: dict[Any, dict[str, float]] = {}
         for e in ops:
             if lo <= e["ts"] < hi:
-                dev = e["args"].get("device_ordinal", e["pid"])
-                cat = collectives.get(e["args"]["hlo_op"], "compute")
-                per_device.setdefault(dev, dict.fromkeys(CATEGORIES[:4], 0.0))[cat] += e["dur"] * 1e-6
-                if cat != "compute":
-                    seen[cat].add(e["args"]["hlo_op"])
+                args = e.get("args", {})
+                dev = args.get("device_ordinal", e["pid"])
+                cat = _category(args.get("hlo_op"), collectives, instructions)
+                per_device.setdefault(dev, dict.fromkeys(_DEVICE, 0.0))[cat] += e["dur"] * 1e-6
+                if cat == "unattributed":
+                    unattributed += 1
+                elif cat != "compute":
+                    seen[cat].add(args["hlo_op"])
         devices |= set(per_device)
-        part = {c: sum(d[c] for d in per_device.values()) / max(1, len(per_device)) for c in CATEGORIES[:4]}
+        part = {c: sum(d[c] for d in per_device.values()) / max(1, len(per_device)) for c in _DEVICE}
         part["input_wait"] = sum(e["dur"] for e in waits if lo <= e["ts"] < hi) * 1e-6
         rest = s["dur"] * 1e-6 - sum(part.values())
         part["host"] = max(0.0, rest)
@@ -125,7 +158,17 @@ def step_breakdown(trace: dict, collectives: dict[str, str], modules: set[str] |
     whole = sum(seconds.values())
     return {"steps": n, "devices": len(devices), "step_s": sum(s["dur"] for s in steps) * 1e-6 / n,
             "seconds": seconds, "fractions": {c: (seconds[c] / whole if whole else 0.0) for c in CATEGORIES},
-            "overlap_s": overlap / n, "collective_ops": {c: len(v) for c, v in seen.items()}}
+            "overlap_s": overlap / n, "collective_ops": {c: len(v) for c, v in seen.items()},
+            "unattributed_events": unattributed / n}
+
+
+def _category(hlo_op: str | None, collectives: dict[str, str], instructions: set[str] | None) -> str:
+    """A device event's category: its collective's, compute for a known instruction, else unattributed."""
+    if hlo_op is None:
+        return "unattributed"  # a device-line event without the op metadata
+    if hlo_op in collectives:
+        return collectives[hlo_op]
+    return "compute" if instructions is None or hlo_op in instructions else "unattributed"
 
 
 def profile_step(step, state, batches, *, steps: int = 3, warmup: int = 2,
@@ -155,7 +198,8 @@ def profile_step(step, state, batches, *, steps: int = 3, warmup: int = 2,
                     state, metrics, *_ = compiled(state, batch["image"], batch["label"])
                     jax.block_until_ready((state, metrics))
         trace = read_trace(where)
-    return step_breakdown(trace, classify_collectives(compiled), _module_names(compiled))
+    return step_breakdown(trace, classify_collectives(compiled), _module_names(compiled),
+                          _instruction_names(compiled))
 
 
 def profile_training(config, *, steps: int = 3, warmup: int = 2, logdir: str | os.PathLike | None = None,

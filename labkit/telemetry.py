@@ -52,7 +52,8 @@ KINDS: dict[str, str] = {
                   "as lists bytes / time_s (dashboards plot it; they do not evaluate the model)",
     "step_breakdown": "where a step's time goes, from a jax.profiler trace of a few steps (labkit.profile): "
                       "step_s, seconds and fractions (dicts over compute, bn_collectives, gradient_allreduce, "
-                      "other_collectives, input_wait, host), overlap_s, collective_ops (ops per category), steps, "
+                      "other_collectives, unattributed (device time the trace does not tie to an op of the step), "
+                      "input_wait, host), overlap_s, unattributed_events, collective_ops (ops per category), steps, "
                       "devices, model, global_batch, bn_group, allreduce, replicas, simulated (bool)",
 }
 

@@ -27,7 +27,9 @@ def test_breakdown_arithmetic_on_a_hand_made_trace():
                                  modules={"jit_body"})
     us = 1e-6
     expected = {"compute": (250 + 400) / 2 * us, "bn_collectives": 150 / 2 * us, "gradient_allreduce": 150 / 2 * us,
-                "other_collectives": 0.0, "input_wait": 100 / 2 * us, "host": (350 + 200) / 2 * us}
+                "other_collectives": 0.0, "unattributed": 0.0, "input_wait": 100 / 2 * us,
+                "host": (350 + 200) / 2 * us}
+    assert set(expected) == set(profile.CATEGORIES)
     assert got["steps"] == 2 and got["devices"] == 2 and got["overlap_s"] == 0.0
     assert got["step_s"] == pytest.approx(800 * us)
     for k, v in expected.items():
@@ -35,6 +37,56 @@ def test_breakdown_arithmetic_on_a_hand_made_trace():
         assert got["fractions"][k] == pytest.approx(v / (800 * us)), k
     assert math.fsum(got["fractions"].values()) == pytest.approx(1.0, abs=1e-12)
     assert got["collective_ops"] == {"bn_collectives": 1, "gradient_allreduce": 1, "other_collectives": 0}
+
+
+def _meta(pid, name, tid=None):
+    """A trace-viewer metadata event naming a process (or, with ``tid``, a thread)."""
+    if tid is None:
+        return {"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}}
+    return {"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": name}}
+
+
+def _kernel(name, ts, dur, pid, tid=13, **args):
+    """A device kernel event as the profiler's trace viewer shows a CUPTI kernel on a GPU stream line: named after
+    the kernel, with the correlation id and no XLA op metadata (no ``hlo_op``/``hlo_module``)."""
+    return {"ph": "X", "pid": pid, "tid": tid, "ts": ts, "dur": dur, "name": name,
+            "args": {"correlation_id": ts, "device_id": pid - 10, **args}}
+
+
+def test_device_time_without_op_metadata_is_unattributed_not_compute():
+    """A GPU-shaped trace (modelled on the TensorBoard/XProf trace viewer's JSON for a GPU run: one process per
+    device named ``/device:GPU:<n>``, one thread per CUDA stream, kernel events named after the kernel): some
+    kernels carry XLA's ``hlo_op``/``hlo_module`` annotation, others do not (as when kernels are launched from a
+    CUDA graph, where per-op annotations are absent). The unannotated time must land in ``unattributed``."""
+    host = {"ph": "X", "pid": 1, "tid": 1}
+    us = 1e-6
+    events = [_meta(1, "/host:CPU"), _meta(11, "/device:GPU:0"), _meta(12, "/device:GPU:1"),
+              _meta(11, "Stream #13(Compute)", tid=13), _meta(12, "Stream #13(Compute)", tid=13),
+              dict(host, name=profile.STEP_EVENT, ts=0, dur=1000),
+              # GPU 0: 200 us annotated compute, 100 us annotated gradient all-reduce, 300 us with no metadata
+              _kernel("loop_add_fusion", 100, 200, 11, hlo_op="add_fusion.3", hlo_module="jit_body"),
+              _kernel("ncclDevKernel_AllReduce_Sum_f32_RING_LL", 300, 100, 11, hlo_op="all-reduce.2",
+                      hlo_module="jit_body"),
+              _kernel("sm90_xmma_gemm_bf16bf16_bf16f32", 400, 300, 11),
+              # GPU 1: 100 us annotated compute, 100 us unattributed, 100 us of an op of no instruction of the step
+              _kernel("loop_add_fusion", 100, 100, 12, hlo_op="add_fusion.3", hlo_module="jit_body"),
+              _kernel("sm90_xmma_gemm_bf16bf16_bf16f32", 200, 100, 12),
+              _kernel("cutlass_kernel", 300, 100, 12, hlo_op="custom-call.99", hlo_module="jit_body"),
+              # a whole-module span on the device line: not an op, not counted
+              _kernel("jit_body", 50, 900, 12, tid=2, hlo_module="jit_body")]
+    got = profile.step_breakdown({"traceEvents": events}, {"all-reduce.2": "gradient_allreduce"},
+                                 modules={"jit_body"}, instructions={"add_fusion.3", "all-reduce.2"})
+    assert got["devices"] == 2 and got["unattributed_events"] == 3
+    assert got["seconds"]["compute"] == pytest.approx((200 + 100) / 2 * us, abs=1e-15)
+    assert got["seconds"]["gradient_allreduce"] == pytest.approx(100 / 2 * us, abs=1e-15)
+    assert got["seconds"]["unattributed"] == pytest.approx((300 + 200) / 2 * us, abs=1e-15)
+    assert got["seconds"]["host"] == pytest.approx((1000 - 150 - 50 - 250) * us, abs=1e-15)
+    assert math.fsum(got["fractions"].values()) == pytest.approx(1.0, abs=1e-12)
+    # Without the instruction table every annotated op is trusted; the unannotated kernels are still unattributed.
+    trusting = profile.step_breakdown({"traceEvents": events}, {"all-reduce.2": "gradient_allreduce"},
+                                      modules={"jit_body"})
+    assert trusting["seconds"]["compute"] == pytest.approx((200 + 200) / 2 * us, abs=1e-15)
+    assert trusting["seconds"]["unattributed"] == pytest.approx((300 + 100) / 2 * us, abs=1e-15)
 
 
 def test_a_trace_without_steps_is_an_error():
@@ -82,6 +134,8 @@ def test_profiled_step_adds_up_and_shows_its_collectives(bn_group):
     assert math.fsum(got["seconds"].values()) == pytest.approx(got["step_s"] + got["overlap_s"], rel=1e-9)
     assert got["collective_ops"]["gradient_allreduce"] >= 1 and got["seconds"]["gradient_allreduce"] > 0
     assert got["seconds"]["compute"] > 0
+    # A real CPU trace carries the op metadata on every op: nothing is unattributed.
+    assert got["seconds"]["unattributed"] == 0 and got["unattributed_events"] == 0
     if bn_group > 1:  # the BN group sum, forward and backward, runs every step
         assert got["collective_ops"]["bn_collectives"] >= 1 and got["seconds"]["bn_collectives"] > 0
     else:  # BN over one replica: no collective at all
