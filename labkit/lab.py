@@ -370,9 +370,10 @@ def allreduce_collectives(topo, algorithm: str, *, elements: int = 4096) -> list
     return traced.collectives(lambda: all_reduce(x, topo, algorithm))  # x concrete: placed, then traced
 
 
-def show_live(view):
-    """Display a live dashboard ``view``; returns its display handle. Call ``handle.update(plot)`` when the
-    work is done: the live view is replaced by a static figure, so a saved notebook stores the figure (which
-    GitHub, nbviewer and Colab's preview can render) instead of a live page that needs a running kernel."""
-    from IPython.display import display
-    return display(view, display_id=True)
+def show_live(run, *, label: str = ""):
+    """Show a training run live in this notebook's front end: labkit's Panel dashboard in JupyterLab / Jupyter /
+    VS Code, a self-updating figure in Colab (``labkit.live``). ``summary = await live.follow()`` then waits for
+    the run without blocking the kernel's event loop (so the view stays live under "Run all") and replaces the
+    live view by the run's static figure, which is what a saved notebook stores."""
+    from labkit import live
+    return live.show(run, label=label)

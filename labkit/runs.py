@@ -24,8 +24,8 @@ from pathlib import Path
 
 from labkit import storage
 
-__all__ = ["HELP", "add_arguments", "run", "run_notebook", "config_from_parameters", "default_workdir",
-           "INDEX_COLUMNS", "finished_summary", "discard_failed_start", "last_checkpoint", "interrupted_line"]
+__all__ = ["HELP", "add_arguments", "run", "run_notebook", "default_preset", "config_from_parameters",
+           "default_workdir", "INDEX_COLUMNS", "finished_summary", "discard_failed_start", "last_checkpoint", "interrupted_line"]
 
 HELP = "execute a notebook with papermill into runs/<name>/ (parameters, sweeps) and index the results"
 DEFAULT_NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "04_train.ipynb"
@@ -34,13 +34,21 @@ INDEX_COLUMNS = ("name", "notebook", "status", "parameters", "top1", "best_top1"
 _FINISHED = ("target", "epochs")  # summary.json "stopped" values of a run that has nothing left to do
 
 
-def config_from_parameters(preset: str, namespace: dict):
-    """The preset's ``Config`` with every config key that ``namespace`` (the notebook's globals) sets to a value
-    other than None. Errors name the key and the allowed values (``labkit.config.ConfigError``)."""
+def default_preset() -> str:
+    """The preset a run gets when none is named: ``colab`` (train on the chip) on the one-accelerator plan,
+    ``cpu8-digits`` otherwise (CPU: 8 simulated devices; two or more accelerators: a torus of them)."""
+    from labkit.mesh import device_plan
+    return "colab" if device_plan().case == "one-accelerator" else "cpu8-digits"
+
+
+def config_from_parameters(preset: str | None, namespace: dict):
+    """The preset's ``Config`` (``default_preset()`` when None) with every config key that ``namespace`` (the
+    notebook's globals) sets to a value other than None. Errors name the key and the allowed values
+    (``labkit.config.ConfigError``)."""
     from labkit.config import Config
     from labkit.presets import get_preset
     values = {k: namespace[k] for k in Config.keys() if namespace.get(k) is not None}
-    return get_preset(preset).override(values)
+    return get_preset(preset or default_preset()).override(values)
 
 
 def default_workdir(name: str, runs_dir: str | Path = "runs") -> str:
