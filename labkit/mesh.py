@@ -1,10 +1,13 @@
-"""mesh: the device plan, simulated CPU devices, the 2-D torus mesh, BN-group layout, multi-host init.
+"""mesh: the device plan, simulated CPU devices, the 2-D torus mesh, BN-group layout, multi-host start-up.
 
 Owns where work runs (``device_plan``: single-device work on the compute devices, mesh lessons and multi-replica
 training on the mesh devices; one accelerator gets 8 simulated CPU devices beside it for the mesh lessons), the
 mapping from physical devices to replicas and from replicas to BN groups. A BN group is a
 contiguous tile of the torus, expressed as *mesh axes* (an axis split into outer/inner) so that every
 collective stays a plain ``shard_map`` axis collective (``axis_index_groups`` is not supported there).
+Devices are laid out by what XLA gives them: TPU chip coordinates (torus neighbours are wired neighbours),
+GPUs by process then local id; each host's devices stay together. Multi-host start-up
+(``initialize_multihost``) uses JAX's own cluster detection and only chooses the GPUs each process drives.
 Must not: build models, run training, or compute anything on device beyond placing data.
 """
 from __future__ import annotations
@@ -89,7 +92,8 @@ class DevicePlan:
         if self.case == "cpu":
             return (f"device plan: CPU only: single-device work and mesh lessons on {self.mesh_label}")
         if self.case == "accelerators":
-            layout = ", laid out by physical coordinates" if hasattr(self.mesh[0], "coords") else ""
+            layout = (", laid out by physical coordinates" if len(getattr(self.mesh[0], "coords", ())) >= 2
+                      else ", laid out by process, then local id")
             return (f"device plan: {len(self.compute)} accelerator devices{how}: single-device work and mesh "
                     f"lessons on {self.mesh_label}{layout}")
         lessons = (f"mesh lessons (grouped BN, all-reduce algorithms, {len(self.mesh)}-replica training) on "
@@ -163,37 +167,141 @@ def _cpu_devices() -> list:
         return []
 
 
-def initialize_multihost(coordinator_address: str | None = None, num_processes: int | None = None,
-                         process_id: int | None = None) -> int:
-    """Start JAX's multi-process runtime (``jax.distributed``) when a job spans several processes.
+_LOCAL_DEVICES = ("auto", "all", "one")
 
-    Arguments default to the environment: ``LABKIT_COORDINATOR`` (host:port), ``LABKIT_NUM_PROCESSES``,
-    ``LABKIT_PROCESS_ID``. With none given, ``jax.distributed.initialize()`` auto-detects Cloud TPU / SLURM /
-    Open MPI clusters. With a single process it does nothing. Returns the process count.
+
+def initialize_multihost(coordinator_address: str | None = None, num_processes: int | None = None,
+                         process_id: int | None = None, *, local_devices: str | None = None) -> int:
+    """Join JAX's multi-process runtime (``jax.distributed``) when this process is one of several; call it
+    before any JAX computation (``jax.devices()`` included). Returns the process count.
+
+    A manual start: ``coordinator_address`` (host:port), ``num_processes``, ``process_id``, or the environment
+    ``LABKIT_COORDINATOR``, ``LABKIT_NUM_PROCESSES``, ``LABKIT_PROCESS_ID``. Otherwise JAX's own cluster
+    detection (``jax._src.clusters``: Cloud TPU VMs through the metadata server, GKE TPU, SLURM, Open MPI, ...)
+    finds the job; a job of one process (a one-host TPU VM, Jupyter inside ``salloc``) joins nothing.
+
+    ``local_devices`` (env ``LABKIT_LOCAL_DEVICES``, default ``"auto"``): the GPUs each process drives when a
+    launcher starts it. ``"all"``: one process per host with every local GPU (JAX's detection alone would pin
+    one GPU per process and leave the rest idle); ``"one"``: one process per GPU (``srun --ntasks-per-node=8``);
+    ``"auto"``: ``"all"`` when the launcher started one process on this host, else ``"one"``. TPUs: JAX's own.
     """
+    mode = (local_devices or os.environ.get("LABKIT_LOCAL_DEVICES", "").strip() or "auto").lower()
+    if mode not in _LOCAL_DEVICES:
+        raise ValueError(f"LABKIT_LOCAL_DEVICES: {mode!r} is not a choice; allowed values: {list(_LOCAL_DEVICES)} "
+                         "('all': one process per host with every GPU, 'one': one process per GPU)")
     coordinator_address = coordinator_address or os.environ.get("LABKIT_COORDINATOR")
-    env_n, env_id = os.environ.get("LABKIT_NUM_PROCESSES"), os.environ.get("LABKIT_PROCESS_ID")
-    num_processes = num_processes if num_processes is not None else (int(env_n) if env_n else None)
-    process_id = process_id if process_id is not None else (int(env_id) if env_id else None)
+    num_processes = num_processes if num_processes is not None else _env_int("LABKIT_NUM_PROCESSES")
+    process_id = process_id if process_id is not None else _env_int("LABKIT_PROCESS_ID")
     if num_processes == 1:
         return 1
     if jax.distributed.is_initialized():  # e.g. a second run in the same notebook kernel
         return jax.process_count()
-    if coordinator_address is None and num_processes is None:
-        if not _on_managed_cluster():
+    if coordinator_address is not None or num_processes is not None:
+        # A manual start is one process per host unless told otherwise (JAX would still pin one GPU if it saw
+        # a SLURM / Open MPI environment). On CPU, cross-process collectives use gloo (jax's default).
+        jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                                   process_id=process_id,
+                                   local_device_ids=_local_device_ids("all" if mode == "auto" else mode, None))
+        return jax.process_count()
+    cluster = _detect_cluster()
+    if cluster is None:
+        return 1
+    if cluster is _UNKNOWN:  # a jax without the detection classes labkit reads: ask jax itself
+        try:
+            jax.distributed.initialize()
+        except ValueError:  # "coordinator_address should be defined": no cluster
             return 1
-        jax.distributed.initialize()
-    else:
-        # On CPU, cross-process collectives use gloo (jax's default since 0.4.3x).
-        jax.distributed.initialize(coordinator_address=coordinator_address,
-                                   num_processes=num_processes, process_id=process_id)
+        return jax.process_count()
+    count = _process_count(cluster)
+    if count <= 1:
+        return 1
+    # num_processes: the step's own count (a SLURM step may be smaller than its allocation's SLURM_NTASKS).
+    jax.distributed.initialize(num_processes=count, local_device_ids=_local_device_ids(mode, cluster))
     return jax.process_count()
 
 
-def _on_managed_cluster() -> bool:
-    # A single-host TPU VM (a Colab TPU runtime, a v5e-8) may list just itself: no cluster to join.
-    hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
-    return len(hosts) > 1 or any(k in os.environ for k in ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE"))
+_UNKNOWN = object()
+
+
+def _env_int(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}: expected an int, got {raw!r}") from None
+
+
+def _detect_cluster():
+    """The cluster JAX's ``jax.distributed.initialize()`` would detect (the same classes, in the same order),
+    None when there is none, ``_UNKNOWN`` when this jax does not expose them."""
+    try:
+        from jax._src import clusters
+        kinds = list(clusters.ClusterEnv._cluster_types)
+    except (ImportError, AttributeError):
+        return _UNKNOWN
+    return next((k for k in kinds if not getattr(k, "opt_in_only_method", False) and k.is_env_present()), None)
+
+
+def _process_count(cluster) -> int:
+    if getattr(cluster, "name", "") == "slurm" and os.environ.get("SLURM_STEP_NUM_TASKS", "").strip():
+        # srun sets the step's count; SLURM_NTASKS (what JAX reads) may be the whole allocation's, e.g. for
+        # Jupyter started in salloc's interactive step of an `salloc -n 16` allocation.
+        return int(os.environ["SLURM_STEP_NUM_TASKS"])
+    return int(cluster.get_process_count())
+
+
+def _visible_gpus() -> int:
+    """NVIDIA GPUs this process may use, counted without starting a backend: ``CUDA_VISIBLE_DEVICES`` (which
+    SLURM sets for a GPU allocation), else the driver's ``/dev/nvidiaN`` files."""
+    raw = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if raw is not None:
+        ids = [s for s in raw.split(",") if s.strip()]
+        return 0 if ids[:1] in (["-1"], ["NoDevFiles"]) else len(ids)
+    import glob
+    return len(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def _local_process_count() -> int | None:
+    """Processes the launcher started on this host: Open MPI's ``OMPI_COMM_WORLD_LOCAL_SIZE``, or SLURM's
+    ``SLURM_STEP_TASKS_PER_NODE`` (e.g. ``"8(x2)"`` or ``"2,1"``) at ``SLURM_NODEID``; None if neither says."""
+    if os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE", "").strip():
+        return int(os.environ["OMPI_COMM_WORLD_LOCAL_SIZE"])
+    raw = os.environ.get("SLURM_STEP_TASKS_PER_NODE") or os.environ.get("SLURM_TASKS_PER_NODE")
+    if not raw:
+        return None
+    per_node = []
+    for part in raw.split(","):
+        count, _, times = part.partition("(x")
+        per_node += [int(count)] * (int(times.rstrip(")")) if times else 1)
+    node = int(os.environ.get("SLURM_NODEID", "0") or 0)
+    return per_node[node] if node < len(per_node) else None
+
+
+def _local_device_ids(mode: str, cluster) -> list[int] | None:
+    """``local_device_ids`` for ``jax.distributed.initialize``; None leaves JAX's own choice (TPUs, CPUs)."""
+    gpus = _visible_gpus()
+    if not gpus:
+        return None
+    if mode == "auto":
+        local = _local_process_count()
+        if local is None:
+            return None  # the launcher does not say: JAX's own choice (one GPU per process under SLURM/MPI)
+        mode = "all" if local == 1 else "one"
+    if mode == "all":
+        return list(range(gpus))
+    if gpus == 1:  # the launcher gave this process its own GPU (srun --gpus-per-task=1): it is ordinal 0
+        return [0]
+    rank = cluster.get_local_process_id() if cluster is not None else None
+    if rank is None:
+        raise ValueError("LABKIT_LOCAL_DEVICES: 'one' (one process per GPU) needs a launcher that numbers the "
+                         "processes of a host (SLURM, Open MPI); got none; allowed values here: 'all', 'auto'")
+    if rank >= gpus:
+        raise ValueError(f"LABKIT_LOCAL_DEVICES: 'one' gives each process one GPU, but this is local process "
+                         f"{rank} and {gpus} GPUs are visible; start at most {gpus} processes per host, or "
+                         "use 'all' with one process per host")
+    return [rank]
 
 
 def _divisors(n: int) -> list[int]:
@@ -396,38 +504,76 @@ def _pick_devices(devices, shape) -> list:
 
 
 def _device_grid(devices: list, shape: tuple[int, int]) -> np.ndarray:
-    """Devices as an (X, Y) array; devices with physical coordinates (TPU) follow them so torus neighbours
-    are wired neighbours."""
-    if len(devices) > 1 and all(hasattr(d, "coords") for d in devices):
+    """Devices as an (X, Y) array, each host's devices together.
+
+    TPU chips (``coords = [x, y, z]``, plus ``core_on_chip`` where a chip is two devices) follow their
+    coordinates, so torus neighbours are wired neighbours (``_grid_by_coords``). GPUs (XLA gives each only
+    ``coords = [local_device_id]``: no wiring to follow, NVLink is no torus) and CPUs are laid out by process,
+    then local id: each host's devices are consecutive replicas. A TPU slice whose chip grid cannot take
+    ``shape`` falls back to that order too.
+    """
+    if len(devices) > 1 and all(len(getattr(d, "coords", ())) >= 2 for d in devices):
         grid = _grid_by_coords(devices, shape)
         if grid is not None:
             return grid
-        try:  # a 3-D slice (v4, v5p) or a shape that is not the chip grid: JAX's own physical layout
-            from jax.experimental import mesh_utils
-            return np.asarray(mesh_utils.create_device_mesh(shape, devices))
-        except (ValueError, NotImplementedError, AssertionError):
-            pass  # an unusual slice shape: fall back to id order
-    # Multi-process: keep each process's devices contiguous (rows), so host-local batches stay local.
-    ordered = sorted(devices, key=lambda d: (d.process_index, d.id))
-    return np.asarray(ordered, dtype=object).reshape(shape)
+    return np.asarray(sorted(devices, key=_host_order), dtype=object).reshape(shape)
+
+
+def _host_order(d) -> tuple:
+    coords = getattr(d, "coords", None)
+    local = coords[0] if coords is not None and len(coords) == 1 else -1  # a GPU's local_device_id
+    return (getattr(d, "process_index", 0), local, d.id)
+
+
+def _snake(sizes: list[int]) -> list[tuple[int, ...]]:
+    """Every index of a box of ``sizes``, each one step along one axis from the one before (boustrophedon)."""
+    if not sizes:
+        return [()]
+    rest = _snake(sizes[1:])
+    return [(i, *r) for i in range(sizes[0]) for r in (rest if i % 2 == 0 else rest[::-1])]
+
+
+def _hosts_are_tiles(grid: np.ndarray) -> bool:
+    """Each process's devices fill one rectangle of the torus grid."""
+    for p in {getattr(d, "process_index", 0) for d in grid.flat}:
+        rows, cols = np.nonzero(np.vectorize(lambda d: getattr(d, "process_index", 0) == p)(grid))
+        r0, r1, c0, c1 = rows.min(), rows.max(), cols.min(), cols.max()
+        if (r1 - r0 + 1) * (c1 - c0 + 1) != len(rows):
+            return False
+    return True
 
 
 def _grid_by_coords(devices: list, shape: tuple[int, int]) -> np.ndarray | None:
-    """Place a flat (one z plane) slice whose chip grid is ``shape`` (or its transpose) at its coordinates.
+    """Lay a full box of TPU devices (chip coordinates x, y, z and the core on the chip) out as ``shape``.
 
-    The cores of one chip (TPU v2/v3) sit next to each other along Y. None when the slice is not such a grid.
+    The physical axes that vary (x, y, z, core; size-1 axes dropped) are split between the torus X and Y, each
+    side walked as a snake, so every torus neighbour (wrap-around aside) is one hop on the chip grid or the
+    other core of the same chip. Of the splits that fit ``shape``, the first (physical order, cores innermost)
+    that keeps each host's devices as one tile of the torus wins. None when the devices are not a full box
+    (e.g. several slices of a multislice job) or no split fits ``shape``.
     """
-    coords = [tuple(d.coords) for d in devices]
-    if len({c[2:] for c in coords}) != 1:
+    import itertools
+    pos = [(*tuple(d.coords), getattr(d, "core_on_chip", 0) or 0) for d in devices]
+    if len(set(pos)) != len(pos):
         return None
-    cores = max(getattr(d, "core_on_chip", 0) for d in devices) + 1
-    xs, ys = sorted({c[0] for c in coords}), sorted({c[1] for c in coords})
-    phys = (len(xs), len(ys) * cores)
-    if phys[0] * phys[1] != len(devices) or shape not in (phys, phys[::-1]):
+    values = [sorted({p[a] for p in pos}) for a in range(len(pos[0]))]
+    axes = [a for a, v in enumerate(values) if len(v) > 1]
+    sizes = [len(values[a]) for a in axes]
+    if math.prod(sizes) != len(devices):
         return None
-    grid = np.empty(phys, dtype=object)
-    for d, c in zip(devices, coords):
-        grid[xs.index(c[0]), ys.index(c[1]) * cores + getattr(d, "core_on_chip", 0)] = d
-    if any(g is None for g in grid.flat):
-        return None
-    return grid if phys == shape else grid.T
+    index = [tuple(values[a].index(p[a]) for a in axes) for p in pos]
+    fallback = None
+    for order in itertools.permutations(range(len(axes))):
+        for cut in range(len(order) + 1):
+            xa, ya = order[:cut], order[cut:]
+            if (math.prod(sizes[i] for i in xa), math.prod(sizes[i] for i in ya)) != shape:
+                continue
+            xs = {v: k for k, v in enumerate(_snake([sizes[i] for i in xa]))}
+            ys = {v: k for k, v in enumerate(_snake([sizes[i] for i in ya]))}
+            grid = np.empty(shape, dtype=object)
+            for d, ix in zip(devices, index):
+                grid[xs[tuple(ix[i] for i in xa)], ys[tuple(ix[i] for i in ya)]] = d
+            if _hosts_are_tiles(grid):
+                return grid
+            fallback = grid if fallback is None else fallback
+    return fallback

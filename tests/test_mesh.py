@@ -123,10 +123,8 @@ def test_simulate_devices_after_start():
 # The device plan. Stand-in devices carry only what the plan and the layout read.
 
 class _Dev:
-    def __init__(self, id, platform="tpu", kind="TPU v5 lite", coords=None, process_index=0):
+    def __init__(self, id, platform="tpu", kind="TPU v5 lite", process_index=0):
         self.id, self.platform, self.device_kind, self.process_index = id, platform, kind, process_index
-        if coords is not None:
-            self.coords, self.core_on_chip = coords, 0
 
     def __repr__(self):
         return f"_Dev({self.id}, {self.platform})"
@@ -162,12 +160,16 @@ def test_plan_one_accelerator_without_a_cpu_backend_says_the_mesh_lessons_cannot
 
 
 def test_plan_several_accelerators_run_everything_on_them():
-    tpus = tuple(_Dev(i, coords=(i % 4, i // 4, 0)) for i in range(8))
+    tpus = tuple(_tpu_slice("TPU v5 lite", (2, 4, 1)))
     plan = plan_devices(tpus, _CPUS)
     assert (plan.case, plan.compute, plan.mesh) == ("accelerators", tpus, tpus)
     assert not plan.mesh_simulated
     assert plan.line() == ("device plan: 8 accelerator devices: single-device work and mesh lessons on 8 TPU "
                            "v5 lite, laid out by physical coordinates")
+    gpus = tuple(_gpu_hosts(1, 8))
+    assert plan_devices(gpus, _CPUS).line() == (
+        "device plan: 8 accelerator devices: single-device work and mesh lessons on 8 NVIDIA H100 80GB HBM3, "
+        "laid out by process, then local id")
 
 
 def test_plan_compute_limit_rehearses_one_chip_on_cpu():
@@ -179,27 +181,6 @@ def test_plan_compute_limit_rehearses_one_chip_on_cpu():
     assert plan_devices(tpus, _CPUS, compute_limit=1).compute == tpus[:1]
     with pytest.raises(ValueError, match="LABKIT_COMPUTE_DEVICES: expected a positive int, got 0"):
         plan_devices(_CPUS, _CPUS, compute_limit=0)
-
-
-def test_layout_follows_physical_coordinates():
-    """Shuffled ids on a physical 4x2 chip grid: torus neighbours must be wired (Manhattan distance 1)."""
-    order = [5, 2, 7, 0, 3, 6, 1, 4]
-    devs = [_Dev(i, coords=(k % 4, k // 4, 0)) for i, k in enumerate(order)]
-    grid = _device_grid(devs, (2, 4))
-    assert sorted(d.id for d in grid.flat) == list(range(8))
-
-    def hop(a, b):
-        return sum(abs(p - q) for p, q in zip(a.coords, b.coords))
-
-    for i in range(2):
-        for j in range(4):
-            if j + 1 < 4:
-                assert hop(grid[i, j], grid[i, j + 1]) == 1
-            if i + 1 < 2:
-                assert hop(grid[i, j], grid[i + 1, j]) == 1
-    # id order (what devices without coordinates get) would break that: the test can fail
-    by_id = np.asarray(sorted(devs, key=lambda d: d.id), dtype=object).reshape(2, 4)
-    assert any(hop(by_id[0, j], by_id[0, j + 1]) != 1 for j in range(3))
 
 
 def test_topology_follows_the_plan(monkeypatch):
@@ -229,16 +210,280 @@ def test_one_device_bn_group_error_explains_the_mesh_lessons():
         Topology.build(bn_group=2, devices=jax.devices()[:1])
 
 
-def test_single_host_tpu_vm_joins_no_cluster(monkeypatch):
-    import labkit.mesh as mesh
+# ---------------------------------------------------------------------------------------------------------
+# Layouts from real attributes. The stand-ins carry exactly the attributes XLA's PJRT clients give jax devices
+# (/work/shared/reference/real-stacks.md, section 2; sources: XLA's xla/pjrt/gpu/se_gpu_pjrt_client.cc, the
+# StreamExecutor GPU client, and the TPU PJRT device of libtpu as jax exposes it):
+#   GPU: coords = [local_device_id] (ONE element), core_on_chip = 0, slice_index, compute_capability,
+#        core_count, device_vendor, process_index, id, device_kind;
+#   TPU: coords = [x, y, z] (z = 0 on v5e's 2-D slices, varying on v4/v5p 3-D slices), core_on_chip (0, or 0/1
+#        on v2/v3 where each of a chip's two cores is a jax device), slice_index, process_index, id.
+# Host trays follow Cloud TPU's documented hosts: 4 chips (2x2) a host on v5e multi-host slices (and v3),
+# 4 chips (2x2x1) a host on v4 / v5p.
+
+class _GpuDevice:
+    platform = "gpu"
+    device_kind = "NVIDIA H100 80GB HBM3"
+    compute_capability, core_count, device_vendor = "9.0", 132, "NVIDIA"
+
+    def __init__(self, process_index, local_id, per_host):
+        self.id = process_index * per_host + local_id
+        self.process_index, self.coords, self.core_on_chip = process_index, [local_id], 0
+        self.slice_index = process_index  # the layout does not read it
+
+    def __repr__(self):
+        return f"gpu(p{self.process_index}, local {self.coords[0]})"
+
+
+class _TpuDevice:
+    platform = "tpu"
+
+    def __init__(self, id, kind, coords, core_on_chip, process_index):
+        self.id, self.device_kind, self.coords = id, kind, list(coords)
+        self.core_on_chip, self.process_index, self.slice_index = core_on_chip, process_index, 0
+
+    def __repr__(self):
+        return f"tpu(p{self.process_index}, {self.coords}, core {self.core_on_chip})"
+
+
+def _gpu_hosts(hosts, per_host):
+    return [_GpuDevice(p, i, per_host) for p in range(hosts) for i in range(per_host)]
+
+
+def _tpu_slice(kind, chips, host_tray=None, cores=1):
+    """Devices of a TPU slice with a chip grid ``chips`` = (X, Y, Z); ``host_tray`` = each host's block of
+    chips (the whole slice: one host); ``cores`` devices per chip. Listed in a shuffled order, as a layout
+    must not rely on the order jax lists them in."""
+    tray = host_tray or chips
+    per_axis = [c // t for c, t in zip(chips, tray)]
+    devs = []
+    for x in range(chips[0]):
+        for y in range(chips[1]):
+            for z in range(chips[2]):
+                hx, hy, hz = x // tray[0], y // tray[1], z // tray[2]
+                host = (hz * per_axis[1] + hy) * per_axis[0] + hx
+                for core in range(cores):
+                    devs.append(_TpuDevice(len(devs), kind, (x, y, z), core, host))
+    order = np.random.default_rng(len(devs)).permutation(len(devs))
+    devs = [devs[i] for i in order]
+    for new_id, d in enumerate(devs):  # ids need not follow the coordinates either
+        d.id = new_id
+    return devs
+
+
+def _wired(a, b):
+    """Chips one ICI hop apart, or the two cores of one chip (independent of labkit: from the coordinates)."""
+    hops = sum(abs(p - q) for p, q in zip(a.coords, b.coords))
+    return hops == 1 or (hops == 0 and a.core_on_chip != b.core_on_chip)
+
+
+def _assert_hosts_together(grid):
+    """Each host's devices fill one rectangle of the torus (one row or a run of rows for a GPU box)."""
+    for p in {d.process_index for d in grid.flat}:
+        cells = [(i, j) for (i, j), d in np.ndenumerate(grid) if d.process_index == p]
+        rows, cols = {c[0] for c in cells}, {c[1] for c in cells}
+        assert len(rows) * len(cols) == len(cells), f"host {p} is scattered over the torus: {cells}"
+
+
+def _assert_wired(grid):
+    x, y = grid.shape
+    for i in range(x):
+        for j in range(y):
+            if j + 1 < y:
+                assert _wired(grid[i, j], grid[i, j + 1]), (grid[i, j], grid[i, j + 1])
+            if i + 1 < x:
+                assert _wired(grid[i, j], grid[i + 1, j]), (grid[i, j], grid[i + 1, j])
+
+
+@pytest.mark.parametrize("hosts,per_host,shapes", [
+    (1, 1, [(1, 1)]), (1, 2, [(1, 2), (2, 1)]), (1, 4, [(2, 2), (1, 4)]), (1, 8, [(2, 4), (4, 2), (1, 8)]),
+    (2, 8, [(4, 4), (2, 8), (8, 2)])])
+def test_gpu_boxes_lay_out_by_process_then_local_id(hosts, per_host, shapes):
+    devs = _gpu_hosts(hosts, per_host)
+    shuffled = [devs[i] for i in np.random.default_rng(0).permutation(len(devs))]
+    for shape in shapes:
+        topo = Topology.build(shape=shape, bn_group=1, devices=shuffled)
+        grid = topo.mesh.devices.reshape(shape)
+        # reference: replica r is GPU r % per_host of host r // per_host
+        assert [(d.process_index, d.coords[0]) for d in grid.flat] == [divmod(r, per_host) for r in range(len(devs))]
+        _assert_hosts_together(grid)
+    if len(devs) > 1:
+        assert Topology.build(bn_group=len(devs), devices=shuffled).num_replicas == len(devs)
+
+
+_TPU_SLICES = {
+    # name: (device kind, chip grid, host tray, cores per chip, shapes that must follow the wiring)
+    "v5e 2x4 (v5litepod-8, 1 host)": ("TPU v5 lite", (2, 4, 1), None, 1, [(2, 4), (4, 2), (1, 8)]),
+    "v5e 4x4 (v5litepod-16, 4 hosts)": ("TPU v5 lite", (4, 4, 1), (2, 2, 1), 1, [(4, 4)]),
+    "v4 2x2x1 (v4-8, 1 host)": ("TPU v4", (2, 2, 1), None, 1, [(2, 2), (1, 4)]),
+    "v5p 2x2x1 (v5p-8, 1 host)": ("TPU v5", (2, 2, 1), None, 1, [(2, 2)]),
+    "v5p 2x2x2 (v5p-16, 2 hosts)": ("TPU v5", (2, 2, 2), (2, 2, 1), 1, [(2, 4), (4, 2)]),
+    "v5p 2x2x4 (v5p-32, 4 hosts)": ("TPU v5", (2, 2, 4), (2, 2, 1), 1, [(4, 4), (2, 8)]),
+    "v3 2x2 x 2 cores (v3-8, 1 host)": ("TPU v3", (2, 2, 1), None, 2, [(2, 4), (4, 2)]),
+    "v3 4x4 x 2 cores (v3-32, 4 hosts)": ("TPU v3", (4, 4, 1), (2, 2, 1), 2, [(4, 8)]),
+}
+
+
+@pytest.mark.parametrize("name", list(_TPU_SLICES))
+def test_tpu_slices_lay_out_on_the_wiring_with_hosts_together(name):
+    kind, chips, tray, cores, shapes = _TPU_SLICES[name]
+    devs = _tpu_slice(kind, chips, tray, cores)
+    n = len(devs)
+    assert Topology.build(devices=devs).shape in shapes  # the default (most square) shape follows the wiring
+    for shape in shapes:
+        topo = Topology.build(shape=shape, bn_group=shape[1], devices=devs)
+        grid = topo.mesh.devices.reshape(shape)
+        assert sorted(d.id for d in grid.flat) == list(range(n))
+        _assert_wired(grid)
+        _assert_hosts_together(grid)
+    for x, y in [(a, n // a) for a in range(1, n + 1) if n % a == 0]:  # every shape lays out, hosts together
+        _assert_hosts_together(Topology.build(shape=(x, y), devices=devs).mesh.devices.reshape(x, y))
+
+
+def test_v5e_2x4_torus_is_the_chip_grid():
+    """On a one-host v5e-8 the 2x4 torus is the chip grid itself: replica (i, j) is the chip at x=i, y=j."""
+    grid = Topology.build(shape="2x4", devices=_tpu_slice("TPU v5 lite", (2, 4, 1))).mesh.devices.reshape(2, 4)
+    assert [[d.coords for d in row] for row in grid] == [[[i, j, 0] for j in range(4)] for i in range(2)]
+    # id order (what a layout blind to the coordinates gives) breaks the wiring: this test can fail
+    by_id = np.asarray(sorted(grid.flat, key=lambda d: d.id), dtype=object).reshape(2, 4)
+    with pytest.raises(AssertionError):
+        _assert_wired(by_id)
+
+
+def test_v3_cores_of_a_chip_sit_side_by_side():
+    grid = Topology.build(shape="2x4", devices=_tpu_slice("TPU v3", (2, 2, 1), cores=2)).mesh.devices.reshape(2, 4)
+    for row in grid:
+        assert row[0].coords == row[1].coords and {row[0].core_on_chip, row[1].core_on_chip} == {0, 1}
+        assert row[2].coords == row[3].coords and {row[2].core_on_chip, row[3].core_on_chip} == {0, 1}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Multi-host start-up: JAX's own cluster detection decides; labkit only chooses the GPUs of each process.
+# SLURM variables as srun / salloc set them (Slurm's srun(1) and salloc(1) man pages, "OUTPUT ENVIRONMENT
+# VARIABLES"); JAX reads SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID
+# (jax/_src/clusters/slurm_cluster.py).
+
+_CLUSTER_VARS = ("LABKIT_COORDINATOR", "LABKIT_NUM_PROCESSES", "LABKIT_PROCESS_ID", "LABKIT_LOCAL_DEVICES",
+                 "JAX_COORDINATOR_ADDRESS", "JAX_LOCAL_DEVICE_IDS", "TPU_WORKER_HOSTNAMES", "TPU_WORKER_ID",
+                 "KUBERNETES_SERVICE_HOST", "OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
+                 "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE", "CUDA_VISIBLE_DEVICES")
+
+
+def _srun_env(ntasks, procid, tasks_per_node, nodes=1, job_id="4242"):
+    local = procid % tasks_per_node
+    return {"SLURM_JOB_ID": job_id, "SLURM_JOB_NODELIST": "node[001-002]" if nodes > 1 else "node001",
+            "SLURM_STEP_NODELIST": "node[001-002]" if nodes > 1 else "node001", "SLURM_NTASKS": str(ntasks),
+            "SLURM_STEP_NUM_TASKS": str(ntasks), "SLURM_PROCID": str(procid), "SLURM_LOCALID": str(local),
+            "SLURM_NODEID": str(procid // tasks_per_node), "SLURM_STEP_NUM_NODES": str(nodes),
+            "SLURM_STEP_TASKS_PER_NODE": f"{tasks_per_node}(x{nodes})" if nodes > 1 else str(tasks_per_node),
+            "SLURM_TASKS_PER_NODE": f"{tasks_per_node}(x{nodes})" if nodes > 1 else str(tasks_per_node)}
+
+
+@pytest.fixture
+def init_calls(monkeypatch):
+    """Record what labkit asks of jax.distributed.initialize (a real call would wait for the peers)."""
+    import os
     calls = []
-    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append(k))
     monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
-    for key in ("LABKIT_COORDINATOR", "LABKIT_NUM_PROCESSES", "LABKIT_PROCESS_ID", "SLURM_JOB_ID",
-                "OMPI_COMM_WORLD_SIZE"):
+    for key in [k for k in os.environ if k.startswith("SLURM_")] + list(_CLUSTER_VARS):
         monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")   # a Colab TPU runtime / one-host slice
-    assert mesh.initialize_multihost() == 1 and calls == []
-    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "10.0.0.2,10.0.0.3")  # a pod slice: auto-detected init
-    mesh.initialize_multihost()
-    assert calls == [((), {})]
+    return calls
+
+
+def _set(monkeypatch, env):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+
+
+def test_no_cluster_joins_nothing(init_calls):
+    from labkit.mesh import initialize_multihost
+    assert initialize_multihost() == 1 and init_calls == []
+
+
+def test_jupyter_inside_salloc_joins_nothing(init_calls, monkeypatch):
+    """`salloc -N2 -n16` then `jupyter lab`: the job variables exist, no step ones (no srun): no cluster, no
+    error. Then the same Jupyter run as salloc's interactive step (`srun --pty`, one task of the allocation)."""
+    from labkit.mesh import initialize_multihost
+    _set(monkeypatch, {"SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node[001-002]", "SLURM_NODELIST":
+                       "node[001-002]", "SLURM_NNODES": "2", "SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS": "16",
+                       "SLURM_TASKS_PER_NODE": "8(x2)", "SLURM_SUBMIT_DIR": "/home/u"})
+    assert initialize_multihost() == 1 and init_calls == []
+    _set(monkeypatch, {"SLURM_STEP_NODELIST": "node001", "SLURM_STEP_NUM_TASKS": "1", "SLURM_PROCID": "0",
+                       "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_STEP_TASKS_PER_NODE": "1"})
+    assert initialize_multihost() == 1 and init_calls == []
+
+
+@pytest.mark.parametrize("tasks_per_node,gpus,mode,expected", [
+    (1, "0,1,2,3,4,5,6,7", None, list(range(8))),        # one process per host: every GPU (auto)
+    (8, "0,1,2,3,4,5,6,7", None, [3]),                   # one process per GPU: its local rank (auto)
+    (8, "3", None, [0]),                                 # --gpus-per-task=1: its only visible GPU
+    (1, "0,1,2,3,4,5,6,7", "one", [0]),                  # told: one per GPU (local rank 0)
+    (8, "0,1,2,3,4,5,6,7", "all", list(range(8))),       # told: all (the user's own placement)
+    (1, "", None, None),                                 # no GPUs (a CPU cluster): JAX's own choice
+])
+def test_slurm_gpus_per_process(init_calls, monkeypatch, tasks_per_node, gpus, mode, expected):
+    from labkit.mesh import initialize_multihost
+    procid = 3 if tasks_per_node == 8 else 1
+    _set(monkeypatch, _srun_env(2 * tasks_per_node, procid, tasks_per_node, nodes=2))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", gpus)
+    initialize_multihost(local_devices=mode)
+    assert init_calls == [{"num_processes": 2 * tasks_per_node, "local_device_ids": expected}]
+
+
+def test_one_process_per_gpu_refuses_more_processes_than_gpus(init_calls, monkeypatch):
+    from labkit.mesh import initialize_multihost
+    _set(monkeypatch, _srun_env(16, 9, 8, nodes=2) | {"CUDA_VISIBLE_DEVICES": "0,1,2,3"})  # local rank 1
+    assert initialize_multihost() is not None
+    _set(monkeypatch, _srun_env(16, 13, 8, nodes=2))  # local rank 5 of 4 visible GPUs
+    with pytest.raises(ValueError, match="local process 5 and 4 GPUs are visible"):
+        initialize_multihost()
+    monkeypatch.setenv("LABKIT_LOCAL_DEVICES", "every")
+    with pytest.raises(ValueError, match=r"LABKIT_LOCAL_DEVICES: 'every' .* allowed values: \['auto', 'all', 'one'\]"):
+        initialize_multihost()
+
+
+def test_open_mpi_one_process_per_host(init_calls, monkeypatch):
+    """`mpirun -np 2 --map-by ppr:1:node` (Open MPI 4, mpirun(1): OMPI_COMM_WORLD_* and the ORTE URI)."""
+    from labkit.mesh import initialize_multihost
+    _set(monkeypatch, {"OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.96.0.1:34911", "OMPI_COMM_WORLD_SIZE": "2",
+                       "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_RANK": "0",
+                       "OMPI_COMM_WORLD_LOCAL_SIZE": "1", "CUDA_VISIBLE_DEVICES": "0,1,2,3"})
+    assert initialize_multihost() is not None
+    assert init_calls == [{"num_processes": 2, "local_device_ids": [0, 1, 2, 3]}]
+
+
+def test_tpu_vm_slices(init_calls, monkeypatch):
+    """A one-host TPU VM (a v5e-8, a Colab TPU) joins nothing; a GKE multi-host slice (GKE sets TPU_WORKER_ID
+    and TPU_WORKER_HOSTNAMES) and a GCE TPU VM slice (found through the metadata server, no variable: the
+    stand-in answers as the metadata server would) join, and JAX keeps every chip (no local_device_ids)."""
+    from jax._src.clusters import cloud_tpu_cluster
+    from labkit.mesh import initialize_multihost
+    monkeypatch.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", True)  # what jax's cloud_tpu_init sets on a TPU VM
+    monkeypatch.setenv("TPU_SKIP_MDS_QUERY", "1")  # GKE: no GCE metadata
+    monkeypatch.setattr(cloud_tpu_cluster, "get_tpu_env_value", lambda key: None)
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")
+    assert initialize_multihost() == 1 and init_calls == []
+    _set(monkeypatch, {"TPU_WORKER_HOSTNAMES": "job-0-0.svc,job-0-1.svc,job-0-2.svc,job-0-3.svc",
+                       "TPU_WORKER_ID": "2", "KUBERNETES_SERVICE_HOST": "10.0.0.1"})
+    initialize_multihost()
+    assert init_calls == [{"num_processes": 4, "local_device_ids": None}]
+    init_calls.clear()
+    for key in ("TPU_WORKER_HOSTNAMES", "TPU_WORKER_ID", "KUBERNETES_SERVICE_HOST", "TPU_SKIP_MDS_QUERY"):
+        monkeypatch.delenv(key)
+    metadata = {"agent-worker-number": "1", "worker-network-endpoints": "10.0.0.2,10.0.0.3"}
+    monkeypatch.setattr(cloud_tpu_cluster, "get_metadata", lambda key: (metadata[key], 200))
+    initialize_multihost()
+    assert init_calls == [{"num_processes": 2, "local_device_ids": None}]
+    init_calls.clear()
+    metadata["worker-network-endpoints"] = "10.0.0.2"  # a one-host slice on GCE
+    assert initialize_multihost() == 1 and init_calls == []
+
+
+def test_manual_start_keeps_every_gpu(init_calls, monkeypatch):
+    from labkit.mesh import initialize_multihost
+    _set(monkeypatch, {"LABKIT_COORDINATOR": "10.0.0.2:1234", "LABKIT_NUM_PROCESSES": "2",
+                       "LABKIT_PROCESS_ID": "1", "CUDA_VISIBLE_DEVICES": "0,1"})
+    initialize_multihost()
+    assert init_calls == [{"coordinator_address": "10.0.0.2:1234", "num_processes": 2, "process_id": 1,
+                           "local_device_ids": [0, 1]}]
