@@ -72,6 +72,8 @@ def create_train_iterator(config: Config, topo: Topology, info: DataInfo, *, sta
                           positions: "InputPositions | None" = None):
     """Global training batches from ``start_step`` on, prefetched to the devices (``input_queue`` telemetry).
 
+    The device queue holds ``max(prefetch, steps_per_loop)`` batches: a K-step host call takes K at once.
+
     With ``positions`` (a run directory's saved input positions), the tf.data iterator is restored from the
     latest saved position at or before ``start_step`` and only the few batches between are read again, so a
     resume costs the same at step 10 and at step 100,000; new positions are saved where ``positions`` asks.
@@ -102,7 +104,10 @@ def create_train_iterator(config: Config, topo: Topology, info: DataInfo, *, sta
                 next(source)
     else:
         source = ds.skip(start_step) if start_step and config.deterministic else ds
-    return DevicePrefetcher(source, topo, size=max(1, config.prefetch), stream=stream,
+    # K steps per host call take K batches at once, right after a host point (when the device is idle): a queue
+    # shallower than K would make every window wait for K - depth batches, so the depth is at least K.
+    depth = max(1, config.prefetch, config.steps_per_loop)
+    return DevicePrefetcher(source, topo, size=depth, stream=stream,
                             emit_every=max(1, config.log_every_steps), skip_counter=counter, start_step=start_step)
 
 

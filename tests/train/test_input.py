@@ -67,3 +67,64 @@ def test_resume_between_saved_positions_reads_only_the_batches_since_the_last_on
         resumed.close()
     np.testing.assert_array_equal(batch["image"], expected[6]["image"])
     np.testing.assert_array_equal(batch["label"], expected[6]["label"])
+
+
+class _SlowSource:
+    """A host input that takes ``delay`` seconds per batch (a slow disk or decoder) and counts what it made."""
+
+    skip_counter = None
+
+    def __init__(self, batch: int, delay: float):
+        self.batch, self.delay, self.produced = batch, delay, 0
+
+    def __iter__(self):
+        while True:
+            time.sleep(self.delay)
+            self.produced += 1
+            yield {"image": np.full((self.batch, 2, 2, 3), self.produced, np.float32),
+                   "label": np.zeros((self.batch,), np.int32)}
+
+
+def test_k_steps_per_host_call_never_wait_on_a_queue_shallower_than_k(monkeypatch):
+    """steps_per_loop K = 6 with the default prefetch depth 2. At a host point the device has just finished its
+    window, and a producer that keeps pace has filled the queue: the next K-step call must find all K batches
+    ready (the queue's depth follows K), not 2 ready and K - 2 waits while the device idles."""
+    import jax
+    import jax.numpy as jnp
+    from labkit import data, telemetry
+    from labkit.train.device_loop import StepPrograms, read_window, run_stretch
+    from labkit.train.input import DataInfo
+    k = 6
+    config = CONFIG.replace(steps_per_loop=k, log_every_steps=k, prefetch=2)
+    source = _SlowSource(config.global_batch, delay=0.02)
+    monkeypatch.setattr(data, "train_dataset", lambda *args, **kwargs: source)
+    topo = Topology.build(shape=(2, 4), bn_group=2)
+    stream = telemetry.EventStream()
+
+    def step(state, images, labels):  # a trivial device step: the test is about the queue, not the model
+        return state + images.mean(), {"finite": jnp.isfinite(state), "loss": state, "accuracy": state}, None
+    programs = StepPrograms(step, k=k, replicated=topo.replicated)
+    state = jax.device_put(jnp.zeros((), jnp.float32), topo.replicated)
+    iterator = create_train_iterator(config, topo, DataInfo(10, 800, 16, "digits"), stream=stream)
+    depths = []  # the queue depth the consumer found at each pull (what input_queue events report)
+
+    def tap(batches):
+        for batch in batches:
+            depths.append(iterator.last["depth"])
+            yield batch
+    tapped = tap(iterator)
+    try:
+        assert iterator.size >= k
+        for _ in range(3):  # three host windows
+            deadline = time.monotonic() + 60
+            while iterator._queue.qsize() < iterator.size and time.monotonic() < deadline:
+                time.sleep(0.01)  # the device runs the window; the producer keeps pace and fills the queue
+            state, window, _, _ = run_stretch(programs, state, programs.new_window(), tapped, k)
+            read_window(window)  # the host point: the device is idle from here until the next call
+    finally:
+        iterator.close()
+    assert len(depths) == 3 * k
+    assert [e["capacity"] for e in stream.events("input_queue")] == [iterator.size] * 3  # one event per window
+    assert min(depths) >= 1 and iterator.input_bound_steps == 0, depths  # no pull found the queue empty
+    assert depths[:k] == list(range(iterator.size, iterator.size - k, -1))  # all K were waiting at the call
+    assert float(state) == pytest.approx(sum(range(1, 3 * k + 1)))  # every batch once, in order
