@@ -26,7 +26,9 @@ def check_workdir_config(workdir: str | Path, config: Config, force: bool = Fals
     """Write ``workdir/config.json``, or check it matches the run being resumed there.
 
     Only process 0 reads and writes it (atomically: a temporary file renamed); the other processes wait for it
-    at a barrier, then check the same file, so no process reads a half-written config.
+    at a barrier, then check the same file, so no process reads a half-written config. With several processes a
+    local workdir must be one directory that every host sees (a shared filesystem); one that is not (each host's
+    own disk) is refused on every process at once, so none is left waiting in a collective.
     """
     path = storage.join(workdir, "config.json")  # workdir may be a gs:// URL
     if jax.process_index() == 0:
@@ -34,13 +36,65 @@ def check_workdir_config(workdir: str | Path, config: Config, force: bool = Fals
         storage.makedirs(workdir)
         storage.write_text(path, config.to_json())  # atomic: a temporary file renamed, or one object upload
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("labkit: config.json written")
+        if not storage.is_url(workdir):
+            _require_shared(workdir)
+        _barrier("labkit: config.json written")
         if jax.process_index() != 0:
             previous = Config.from_dict(json.loads(storage.read_text(path)))
             if config.differences(previous, ignore=_OBSERVATIONAL):
                 raise ConfigError(f"workdir {str(workdir)!r}: process {jax.process_index()}'s config differs from "
                                   "process 0's; every process must run the same config")
+
+
+def _barrier(name: str) -> None:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def _broadcast_token(token: int) -> int:
+    """Process 0's ``token``, on every process."""
+    import numpy as np
+    from jax.experimental import multihost_utils
+    return int(multihost_utils.broadcast_one_to_all(np.asarray(token, np.int64)))
+
+
+def _gather_flags(flag: bool) -> list[bool]:
+    """Every process's ``flag``, on every process (in process order)."""
+    import numpy as np
+    from jax.experimental import multihost_utils
+    return [bool(x) for x in np.asarray(multihost_utils.process_allgather(np.asarray(flag))).reshape(-1)]
+
+
+_SHARED_WAIT_S = 5.0  # how long a process waits to see process 0's token (shared filesystems may lag)
+
+
+def _require_shared(workdir) -> None:
+    """A local workdir with several processes: process 0 writes a fresh token there; every process must read it
+    back (within ``_SHARED_WAIT_S``: a shared filesystem may show a new file late), or every process raises."""
+    import secrets
+    import time
+    token = _broadcast_token(secrets.randbits(31) if jax.process_index() == 0 else 0)
+    marker = storage.join(workdir, ".labkit-shared")
+    if jax.process_index() == 0:
+        storage.write_text(marker, str(token))
+    _barrier("labkit: shared-workdir token written")
+    deadline = time.monotonic() + _SHARED_WAIT_S
+    while True:
+        try:
+            seen = storage.read_text(marker).strip() == str(token)
+        except FileNotFoundError:
+            seen = False
+        if seen or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    flags = _gather_flags(seen)
+    blind = [i for i, ok in enumerate(flags) if not ok]
+    if blind:
+        raise ConfigError(
+            f"workdir {str(workdir)!r}: a local path, and process(es) {blind} of {len(flags)} cannot see the files "
+            "process 0 writes there (each host has its own disk). With several processes the workdir must be one "
+            "place every host reads and writes; allowed: a gs:// URL (e.g. gs://BUCKET/runs/NAME), or a "
+            "directory on a filesystem shared by all hosts (NFS, Lustre, GCS FUSE)")
 
 
 def _check_against(path: str, workdir, config: Config, force: bool) -> None:

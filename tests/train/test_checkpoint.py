@@ -64,3 +64,54 @@ def test_google_cloud_storage_is_a_declared_dependency():
     project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
     names = {re.split(r"[<>=!~\[;\s]", r, maxsplit=1)[0] for r in project["dependencies"]}
     assert "google-cloud-storage" in names
+
+
+class _FakeHosts:
+    """Two processes' view of the few collectives ``check_workdir_config`` uses, run one process at a time in
+    this one process: process 0's broadcast token is remembered for process 1; ``blind`` says which processes'
+    file checks the gather reports as failed (besides the caller's own)."""
+
+    def __init__(self, monkeypatch, blind=()):
+        from labkit.train import checkpoint
+        self.token, self.blind, self.me = None, set(blind), 0
+        monkeypatch.setattr(jax, "process_count", lambda: 2)
+        monkeypatch.setattr(jax, "process_index", lambda: self.me)
+        monkeypatch.setattr(checkpoint, "_SHARED_WAIT_S", 0.0)
+        monkeypatch.setattr(checkpoint, "_barrier", lambda name: None)
+        monkeypatch.setattr(checkpoint, "_broadcast_token", self._broadcast)
+        monkeypatch.setattr(checkpoint, "_gather_flags",
+                            lambda flag: [flag if i == self.me else i not in self.blind for i in range(2)])
+
+    def _broadcast(self, token):
+        if self.me == 0:
+            self.token = token
+        return self.token
+
+    def run(self, process, workdir, config):
+        self.me = process
+        check_workdir_config(workdir, config)
+
+
+def test_multi_process_local_workdir_that_hosts_do_not_share_is_refused_on_every_process(tmp_path, monkeypatch):
+    """Each host has its own disk: process 0 writes config.json into ITS /x, process 1 finds nothing in its own.
+    Both must raise the same clear error (process 1 exiting alone would leave process 0 hanging in a collective)."""
+    config = Config(shape="2x4", bn_group=2)
+    host0_disk, host1_disk = tmp_path / "host0" / "run", tmp_path / "host1" / "run"
+    hosts = _FakeHosts(monkeypatch, blind={1})
+    with pytest.raises(ConfigError, match=r"workdir '.*host0/run': a local path, and process\(es\) \[1\] of 2 "
+                                          r"cannot see the files process 0 writes there .* allowed: a gs:// URL"):
+        hosts.run(0, str(host0_disk), config)
+    assert (host0_disk / "config.json").exists()
+    hosts.blind = set()
+    with pytest.raises(ConfigError, match=r"process\(es\) \[1\] of 2 cannot see .* shared by all hosts"):
+        hosts.run(1, str(host1_disk), config)  # process 1's own check fails the same way
+
+
+def test_multi_process_local_workdir_on_a_shared_filesystem_is_accepted(tmp_path, monkeypatch):
+    config = Config(shape="2x4", bn_group=2)
+    hosts = _FakeHosts(monkeypatch)
+    shared = str(tmp_path / "nfs" / "run")
+    hosts.run(0, shared, config)
+    hosts.run(1, shared, config)  # sees process 0's token and config.json: no error
+    with pytest.raises(ConfigError, match="process 1's config differs from process 0's"):
+        hosts.run(1, shared, config.replace(bn_group=4))
