@@ -62,6 +62,13 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, force: bool = Fal
     topo = Topology.build(shape=config.shape or None, bn_group=config.bn_group)
     config.check_for(topo.num_replicas, allowed_bn_groups(topo.shape))
     check_workdir_config(workdir, config, force=force)
+    finished = _finished_summary(workdir, config)
+    if finished is not None:  # nothing to train: say so, and touch nothing (summary, telemetry, checkpoints)
+        top1 = finished.get("top1")
+        log(f"train: the run in {workdir} already finished ({finished['stopped']} after {finished.get('steps')} "
+            f"steps; " + (f"top-1 {top1:.4f}" if isinstance(top1, (int, float)) else "no evaluation data") +
+            f"); nothing to train, {storage.join(workdir, 'summary.json')} left untouched")
+        return finished
     own_stream = stream is None
     stream = stream or telemetry.EventStream(workdir)
     run = _Run(config, workdir, topo, stream, log)
@@ -71,6 +78,25 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, force: bool = Fal
         run.close()
         if own_stream:
             stream.close()
+
+
+def _finished_summary(workdir, config: Config) -> dict | None:
+    """The workdir's summary when its run has nothing left to do under ``config``: it reached its target, or it
+    ran every step that ``config`` asks for (a resume with more epochs, which needs ``force``, trains on)."""
+    try:
+        summary = json.loads(storage.read_text(storage.join(workdir, "summary.json")))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict):
+        return None
+    if summary.get("stopped") == "target" and config.target_accuracy:
+        return summary
+    if summary.get("stopped") == "epochs":
+        info = describe_data(config)
+        total = max(1, int(round(config.epochs * max(1, info.train_images // config.global_batch))))
+        if int(summary.get("steps") or 0) >= total:
+            return summary
+    return None
 
 
 class _Run:

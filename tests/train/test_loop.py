@@ -16,7 +16,7 @@ TINY = Config(model="resnet_tiny", dataset="synthetic", num_classes=10, image_si
               collective_every_steps=5, shape="2x4", bn_group=2, allreduce="torus2d")
 
 
-def test_run_writes_summary_checkpoints_and_telemetry(tmp_path):
+def test_run_writes_summary_checkpoints_and_telemetry(tmp_path, monkeypatch, capsys):
     summary = train_and_evaluate(TINY, tmp_path, log=None)
     assert summary["stopped"] == "epochs" and summary["steps"] == 20
     assert json.loads((tmp_path / "summary.json").read_text()) == pytest.approx(summary, nan_ok=True)
@@ -36,6 +36,33 @@ def test_run_writes_summary_checkpoints_and_telemetry(tmp_path):
     start = next(e for e in events if e["kind"] == "run" and e["phase"] == "start")
     assert start["torus"] == [2, 4] and start["bn_group"] == 2 and start["config"]["allreduce"] == "torus2d"
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [10, 20]
+    _rerun_of_a_finished_run_touches_nothing(tmp_path, summary, monkeypatch, capsys)
+
+
+def _rerun_of_a_finished_run_touches_nothing(workdir, summary, monkeypatch, capsys):
+    """``labkit train`` again on a finished run: it says so and returns at once (no model built, nothing compiled)
+    and leaves summary.json, telemetry and checkpoints as they were."""
+    from labkit import cli
+    from labkit.train import loop
+    files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in workdir.rglob("*")
+             if p.is_file() and p.name != "config.json"}
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("a finished run built its model and steps again")
+    monkeypatch.setattr(loop, "_Run", no_run)
+    monkeypatch.setattr("labkit.presets.get_preset", lambda name: TINY)  # `--config` gives exactly TINY
+    capsys.readouterr()
+    assert cli.main(["train", "--config", "tiny", "--workdir", str(workdir)]) == 0
+    out = capsys.readouterr().out
+    assert f"the run in {workdir} already finished (epochs after 20 steps; no evaluation data)" in out
+    assert "summary.json left untouched" in out
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in workdir.rglob("*")
+            if p.is_file() and p.name != "config.json"} == files
+    again = train_and_evaluate(TINY, workdir, log=None)
+    assert again == pytest.approx(summary, nan_ok=True)  # the stored summary, not a new one
+    # More epochs (a forced resume with a different config) is not finished: it would train on.
+    assert loop._finished_summary(workdir, TINY.replace(epochs=3)) is None
+    assert loop._finished_summary(workdir, TINY)["steps"] == 20
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
