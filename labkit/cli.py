@@ -1,7 +1,10 @@
 """cli: the ``labkit`` command.
 
-Owns argument parsing and what each subcommand prints. Every subcommand first fixes the simulated CPU device
-count (before JAX starts) so that a laptop or CI box shows the same 8-replica lab as a TPU host.
+Owns argument parsing and what each subcommand prints. Every subcommand that uses devices first does the
+start-up that must precede any backend (``start_jax``: the simulated CPU count, so that a laptop or CI box
+shows the same 8-replica lab as a TPU host; the GPU latency-hiding flags; joining a multi-host job). ``labkit
+train`` leaves it to the preset and the training loop, which do it in the same order; ``labkit run`` leaves it
+to the notebook kernels it starts (they are the JAX processes, through ``labkit.lab.setup``).
 Must not: hold logic that a notebook would also need (that lives in the library modules).
 """
 from __future__ import annotations
@@ -10,7 +13,7 @@ import argparse
 import os
 import sys
 
-__all__ = ["main"]
+__all__ = ["main", "add_topology_args", "build_topology", "start_jax"]
 
 _DESCRIPTION = ("Train, measure and watch the three systems ideas of 'Image Classification at Supercomputer "
                 "Scale' (distributed batch norm, an optimized input pipeline, 2-D torus all-reduce) on a TPU, "
@@ -24,11 +27,20 @@ def add_topology_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bn-group", type=int, default=2, help="replicas per BN group (default 2)")
 
 
+def start_jax(cpu_devices: int) -> int:
+    """What comes before any backend exists: ``cpu_devices`` simulated CPU devices, XLA's latency-hiding
+    flags on GPU, and joining a multi-host job (``labkit.mesh.initialize_multihost``). Returns the process count."""
+    from labkit import mesh
+    from labkit.train.overlap import enable_latency_hiding
+    mesh.simulate_devices(cpu_devices)
+    enable_latency_hiding()
+    return mesh.initialize_multihost()
+
+
 def build_topology(args):
     """Topology from the common ``--cpu-devices/--shape/--bn-group`` flags (for plugin subcommands too)."""
     from labkit import mesh
-    mesh.simulate_devices(args.cpu_devices)
-    mesh.initialize_multihost()
+    start_jax(args.cpu_devices)
     return mesh.Topology.build(shape=args.shape, bn_group=args.bn_group)
 
 

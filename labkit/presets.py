@@ -1,8 +1,10 @@
 """presets: named, documented starting points for ``Config``; each says its command and expected runtime.
 
 Owns the table of presets. The hardware presets (``colab``, ``tpu-vm-slice``, ``gpu-resnet50``) adapt to the
-devices when called: they read the device plan (``labkit.mesh.device_plan``), which starts JAX with the
-preset's simulated CPU count. Must not: validate (``Config`` does) or run anything.
+devices when called: they read the device plan (``labkit.mesh.device_plan``), which starts JAX. So they first do
+what must come before any backend exists, in the order training does it: the simulated CPU count, the GPU
+latency-hiding flags, and joining the multi-host runtime (``jax.distributed``). Must not: validate
+(``Config`` does) or run anything.
 """
 from __future__ import annotations
 
@@ -114,12 +116,15 @@ def gpu_resnet50() -> Config:
 
 
 def _compute(cpu_devices: int = 8) -> tuple[str, int, str]:
-    """(device kind, count, platform) of the plan's compute devices; fixes the simulated CPU count first."""
-    from labkit.mesh import device_plan, simulate_devices
+    """(device kind, count, platform) of the plan's compute devices (this starts JAX: the start-up comes first)."""
+    from labkit.mesh import device_plan, initialize_multihost, simulate_devices
+    from labkit.train.overlap import enable_latency_hiding
     try:
         simulate_devices(cpu_devices)
     except RuntimeError:
         pass  # JAX already started (e.g. by lab.setup with another count): the plan is what it is
+    enable_latency_hiding()  # GPU: XLA reads its flags when the GPU client starts, i.e. in device_plan()
+    initialize_multihost()   # jax.distributed refuses to start once a backend exists
     compute = device_plan().compute
     return compute[0].device_kind, len(compute), compute[0].platform
 

@@ -5,14 +5,17 @@ Owns two things:
       reverse of their first use in the forward pass, read from the traced jaxpr), so the train step hands the
       reducer its buckets last-layer first: the first bucket's all-reduce can start while earlier layers are
       still being differentiated;
-  ``enable_latency_hiding()``  XLA's latency-hiding scheduler on GPU (the flag is set before the backend starts;
-      TPU runtimes schedule this way by default; never on CPU, where the simulated collectives are memcpy).
+  ``enable_latency_hiding()``  XLA's latency-hiding scheduler on GPU. XLA reads ``XLA_FLAGS`` once, when the GPU
+      client starts, so every entry point calls this before any backend exists (``labkit.cli.start_jax``, the
+      hardware presets, the training loop); called later it adds nothing and warns. TPU runtimes schedule
+      this way by default; never on CPU, where the simulated collectives are memcpy.
 Must not: change what is summed (only the order), or touch flags on CPU.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from typing import Callable
 
 import jax
@@ -56,12 +59,25 @@ def _platform_before_start() -> str:
     return "cpu"
 
 
+def _backend_started() -> bool:
+    try:
+        from jax._src import xla_bridge
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):  # a jax without it: assume not, as before
+        return False
+
+
 def enable_latency_hiding() -> dict[str, str]:
-    """Add the latency-hiding flags for the platform about to start (a user's own flag wins); returns them."""
-    added = {}
-    for name, flag in latency_hiding_flags(_platform_before_start()).items():
-        current = os.environ.get(name, "")
-        if flag.split("=")[0] not in current:
-            os.environ[name] = f"{current} {flag}".strip()
-            added[name] = flag
-    return added
+    """Add the latency-hiding flags for the platform about to start (a user's own flag wins); returns them.
+
+    After a backend started, XLA would ignore them: nothing is added and a warning says so."""
+    missing = {name: flag for name, flag in latency_hiding_flags(_platform_before_start()).items()
+               if flag.split("=")[0] not in os.environ.get(name, "")}
+    if missing and _backend_started():
+        warnings.warn("enable_latency_hiding: the JAX backend already started, so XLA would ignore "
+                      f"{' '.join(missing.values())}; call it (or labkit.cli.start_jax / labkit.lab.setup) "
+                      "before any JAX computation", RuntimeWarning, stacklevel=2)
+        return {}
+    for name, flag in missing.items():
+        os.environ[name] = f"{os.environ.get(name, '')} {flag}".strip()
+    return missing

@@ -42,3 +42,19 @@ def test_latency_hiding_flags_only_off_cpu(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
     assert overlap.enable_latency_hiding() == {}  # this machine is CPU: nothing is added
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8"
+
+
+def test_latency_hiding_flags_come_before_the_backend_or_not_at_all(monkeypatch):
+    """On a GPU (stood in by the platform check), the flag is added while no backend exists; once one exists
+    (this test process runs on CPU devices) XLA would ignore it, so nothing is added and a warning says so."""
+    monkeypatch.setattr(overlap, "_platform_before_start", lambda: "gpu")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    jax.devices()  # the backend exists
+    with __import__("pytest").warns(RuntimeWarning, match="already started, so XLA would ignore"):
+        assert overlap.enable_latency_hiding() == {}
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8"
+    monkeypatch.setattr(overlap, "_backend_started", lambda: False)
+    assert overlap.enable_latency_hiding() == {"XLA_FLAGS": "--xla_gpu_enable_latency_hiding_scheduler=true"}
+    assert os.environ["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=8 "
+                                       "--xla_gpu_enable_latency_hiding_scheduler=true")
+    assert overlap.enable_latency_hiding() == {}  # already there: a second call adds nothing, no warning
