@@ -172,43 +172,96 @@ def test_pmap_axis_index_groups_teaching_comparison():
     np.testing.assert_allclose(y_pmap, y_mesh, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("fast", [False, True])
-def test_variance_at_mean_over_std_1000_against_float64(fast):
-    """use_fast_variance=False is accurate where E[x^2]-E[x]^2 in float32 is not (mean/std = 1000)."""
+def _bn_backward_float64(x, dy, scale, groups):
+    """d(sum(dy * y))/dx of batch norm over each group's concatenated batch, in float64 (the textbook formula)."""
+    dx = np.empty(x.shape, np.float64)
+    for group in groups:
+        rows = np.concatenate([np.arange(r * PER_REPLICA, (r + 1) * PER_REPLICA) for r in group])
+        xg, dyg = x[rows].astype(np.float64), dy[rows].astype(np.float64)
+        n = xg.size // xg.shape[-1]
+        mean, var = xg.mean((0, 1, 2)), xg.var((0, 1, 2))
+        xhat = (xg - mean) / np.sqrt(var + EPS)
+        dx[rows] = scale / np.sqrt(var + EPS) / n * (n * dyg - dyg.sum((0, 1, 2)) - xhat * (dyg * xhat).sum((0, 1, 2)))
+    return dx
+
+
+@pytest.mark.parametrize("form", ["chan", "two_pass", "fast"])
+def test_variance_at_mean_over_std_1000_against_float64(form):
+    """chan (the default) and two_pass are accurate where E[x^2]-E[x]^2 in float32 is not (mean/std = 1000):
+    variance, output and input gradient against float64 numpy."""
     topo = Topology.build(shape=(2, 4), bn_group=4)
     rng = np.random.default_rng(5)
     x = (1000.0 + rng.normal(size=(8 * PER_REPLICA, HW, HW, C))).astype(np.float32)
+    dy = rng.normal(size=x.shape).astype(np.float32)
     params = {"scale": np.ones(C, np.float32), "bias": np.zeros(C, np.float32)}
     stats = {"mean": np.zeros(C, np.float32), "var": np.ones(C, np.float32)}
     bn = DistributedBatchNorm(use_running_average=False, momentum=0.0, epsilon=EPS, axis_name=topo.bn_axes,
-                              use_fast_variance=fast)
+                              variance=form)
     axes = topo.replica_axes
-    f = jax.jit(jax.shard_map(
-        lambda xs: jax.tree_util.tree_map(lambda v: v[None] if v.ndim == 1 else v, bn.apply(
-            {"params": params, "batch_stats": stats}, xs, mutable=["batch_stats"])),
-        mesh=topo.mesh, in_specs=P(axes), out_specs=P(axes)))
-    y, upd = f(topo.shard_batch(x))
+
+    def body(xs, dys):
+        def f(v):
+            y, upd = bn.apply({"params": params, "batch_stats": stats}, v, mutable=["batch_stats"])
+            return jnp.sum(y * dys), (y, upd)
+        dx, (y, upd) = jax.grad(f, has_aux=True)(xs)
+        return y, dx, jax.tree_util.tree_map(lambda v: v[None], upd)
+
+    f = jax.jit(jax.shard_map(body, mesh=topo.mesh, in_specs=P(axes), out_specs=P(axes)))
+    y, dx, upd = f(topo.shard_batch(x), topo.shard_batch(dy))
     y_ref, _, var_ref = _numpy_reference(x.astype(np.float64), topo.bn_groups(), params,
                                          {"mean": np.zeros(C), "var": np.zeros(C)})
     var_ref = var_ref / (1 - MOM)  # the helper mixes in momentum 0.9 of a zero running var
     var_err = np.abs(np.asarray(upd["batch_stats"]["var"]) - var_ref).max() / var_ref.max()
     y_err = np.abs(np.asarray(y, np.float64) - y_ref).max()
-    if fast:  # the cancellation this flag exists for: documents why the default is not the fast form
+    dx_ref = _bn_backward_float64(x, dy, params["scale"].astype(np.float64), topo.bn_groups())
+    dx_err = np.abs(np.asarray(dx, np.float64) - dx_ref).max() / np.abs(dx_ref).max()
+    if form == "fast":  # the cancellation this form suffers: documents why it is not the default
         assert var_err > 0.05
     else:
-        assert var_err < 1e-3 and y_err < 1e-2, (var_err, y_err)
+        assert var_err < 1e-3 and y_err < 1e-2 and dx_err < 1e-2, (var_err, y_err, dx_err)
 
 
-def test_accurate_variance_is_the_default_and_takes_two_collectives():
-    """Default use_fast_variance=False (measured: BENCHMARKS.md); its forward pass has two group sums a layer."""
-    assert DistributedBatchNorm().use_fast_variance is False
-    topo = Topology.build(shape=(2, 4), bn_group=2)
+def _layer_collectives(topo, form, *, check_vma=True):
+    """(forward, backward) collectives of one BN layer over ``topo``'s BN axes, from the traced jaxprs (the
+    backward ones = those the gradient adds to the forward ones), read by the independent jaxpr walker."""
+    from tests.collectives.jaxpr_walk import base_name, collectives
     x = topo.shard_batch(np.ones((8 * PER_REPLICA, HW, HW, C), np.float32))
-    for fast, want in ((True, 1), (False, 2)):
-        bn = DistributedBatchNorm(use_running_average=False, axis_name=topo.bn_axes, use_fast_variance=fast)
-        variables = bn.init(jax.random.key(0), np.ones((1, HW, HW, C), np.float32))
-        f = jax.shard_map(lambda xs: bn.apply(variables, xs, mutable=["batch_stats"])[0], mesh=topo.mesh,
-                          in_specs=P(topo.replica_axes), out_specs=P(topo.replica_axes))
-        eqns = jax.make_jaxpr(f)(x).jaxpr.eqns[0].params["jaxpr"].eqns
-        psums = [e for e in eqns if e.primitive.name.startswith("psum") and tuple(e.params["axes"]) == topo.bn_axes]
-        assert len(psums) == want
+    bn = DistributedBatchNorm(use_running_average=False, axis_name=topo.bn_axes, variance=form)
+    variables = bn.init(jax.random.key(0), np.ones((1, HW, HW, C), np.float32))
+    fwd = lambda xs: bn.apply(variables, xs, mutable=["batch_stats"])[0]  # noqa: E731
+    grad = lambda xs: jax.grad(lambda v: jnp.sum(jnp.sin(fwd(v))))(xs)  # noqa: E731
+    spec = P(topo.replica_axes)
+    traced = [collectives(jax.make_jaxpr(jax.shard_map(f, mesh=topo.mesh, in_specs=spec, out_specs=spec,
+                                                       check_vma=check_vma))(x)) for f in (fwd, grad)]
+    assert traced[1][:len(traced[0])] == traced[0]  # the gradient's program starts with the forward pass
+    traced = [[(base_name(name), axes, perm, shape) for name, axes, perm, shape in t] for t in traced]
+    return traced[0], traced[1][len(traced[0]):]
+
+
+def test_chan_is_the_default_one_all_gather_forward_one_sum_backward():
+    """Default: one collective per layer forward (an all-gather of every replica's (mean, M2)), one backward
+    (the sum of the two cotangent vectors: the least BN's gradient needs), both over the BN axes only."""
+    assert DistributedBatchNorm().variance == "chan" and DistributedBatchNorm().use_fast_variance is False
+    for g in (2, 4, 8):
+        topo = Topology.build(shape=(2, 4), bn_group=g)
+        fwd, bwd = _layer_collectives(topo, "chan")
+        assert [(name, axes, shape) for name, axes, _, shape in fwd] == [("all_gather", topo.bn_axes, (1, 2, C))]
+        assert [(name, axes, shape) for name, axes, _, shape in bwd] == [("psum", topo.bn_axes, (2, C))]
+    # Under check_vma=False (the train step with a link-level reducer) the cast is nothing and the all-gather's
+    # transpose, one reduce-scatter, sums the cotangents instead: still one each way.
+    fwd, bwd = _layer_collectives(topo, "chan", check_vma=False)
+    assert [c[0] for c in fwd] == ["all_gather"] and [c[0] for c in bwd] == ["psum_scatter"]
+    assert _layer_collectives(Topology.build(shape=(2, 4), bn_group=1), "chan") == ([], [])
+
+
+@pytest.mark.parametrize("form, forward, backward", [("two_pass", 2, 3), ("fast", 1, 2)])
+def test_the_other_forms_take_more_collectives(form, forward, backward):
+    """The forms kept for comparison: what the cost model (collectives.costmodel.BN_FORMS) counts for them."""
+    fwd, bwd = _layer_collectives(Topology.build(shape=(2, 4), bn_group=2), form)
+    assert (len(fwd), len(bwd)) == (forward, backward)
+    assert {c[0] for c in fwd + bwd} == {"psum"}
+
+
+def test_unknown_variance_form_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"variance: unknown form 'exact'; allowed values: \['chan', 'two_pass', 'fast'\]"):
+        DistributedBatchNorm(use_running_average=False, variance="exact").init(jax.random.key(0), jnp.ones((2, C)))

@@ -68,9 +68,13 @@ def make_allreduce_timer(reducer: Callable, params, topo: Topology, repeats: int
 
     def body(tree):
         local = jax.tree_util.tree_map(lambda v: jax.lax.pcast(v, axes, to="varying"), tree)
-        return reducer(local)
+        return jax.tree_util.tree_map(lambda s: s[None], reducer(local))
 
-    fn = jax.jit(jax.shard_map(body, mesh=topo.mesh, in_specs=P(), out_specs=P()))
+    # Every replica keeps its own copy of the sum (out_specs over the replica axes, like ``collectives.all_reduce``):
+    # a link-level reducer's sums are typed per-replica (every byte moved by ppermute), so out_specs=P() would fail
+    # shard_map's replication check for them. Per-replica outputs keep that check on for every algorithm and move
+    # nothing more: each device returns the buffer it already holds.
+    fn = jax.jit(jax.shard_map(body, mesh=topo.mesh, in_specs=P(), out_specs=P(axes)))
 
     def measure() -> dict:
         jax.block_until_ready(fn(zeros))  # warm-up (compiles on the first call only)

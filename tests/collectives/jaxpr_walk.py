@@ -12,6 +12,16 @@ MOVING = {"psum", "psum_invariant", "psum2", "pmax", "pmin", "reduce_scatter", "
           "all_gather_invariant", "all_to_all", "ragged_all_to_all", "ppermute", "pbroadcast", "psend", "precv"}
 
 
+# jax 0.10-0.12 spell some of them by how they are typed (``psum_invariant``: a result replicated over the axes).
+_BASE = {"psum_invariant": "psum", "psum2": "psum", "all_gather_invariant": "all_gather",
+         "reduce_scatter": "psum_scatter"}
+
+
+def base_name(primitive: str) -> str:
+    """The collective a primitive name stands for (``psum_invariant`` -> ``psum``), whatever the jax version."""
+    return _BASE.get(primitive, primitive)
+
+
 def _subjaxprs(eqn):
     for v in eqn.params.values():
         for item in (v if isinstance(v, (list, tuple)) else (v,)):

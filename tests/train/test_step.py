@@ -98,3 +98,24 @@ def test_eval_step_counts_with_mask():
     assert float(got["count"]) == 50
     assert float(got["top1"]) == np.sum((logits.argmax(-1) == labels)[:50])
     assert float(got["top5"]) == np.sum((top5 == labels[:, None]).any(-1)[:50])
+
+
+@pytest.mark.parametrize("algorithm", ["xla", "ring"])
+def test_the_step_has_one_bn_collective_per_layer_each_way(algorithm):
+    """The whole training step's traced program: over the BN axes, exactly one all-gather per BN layer (forward)
+    and one sum per BN layer (backward), with the vma check on (xla) and off (a link-level reducer)."""
+    from collections import Counter
+    from labkit.collectives import make_reducer
+    from tests.collectives.jaxpr_walk import base_name, collectives
+    topo = Topology.build(shape=(2, 4), bn_group=2)
+    model = create_model("resnet_tiny", num_classes=10, bn_axis_name=topo.bn_axes)
+    state = jax.device_put(create_train_state(model, optax.sgd(0.1), (16, 16, 3)), topo.replicated)
+    layers = sum(1 for path in jax.tree_util.tree_leaves_with_path(state.batch_stats) if "mean" in str(path[0][-1]))
+    assert layers >= 5
+    step = make_train_step(model, topo, reduce_gradients=make_reducer(topo, algorithm), donate=False)
+    x, y = topo.shard_batch(np.zeros((16, 16, 16, 3), np.float32)), topo.shard_batch(np.zeros((16,), np.int32))
+    found = Counter(base_name(name) for name, axes, _, _ in collectives(jax.make_jaxpr(step)(state, x, y))
+                    if axes == topo.bn_axes)
+    # with the vma check off, the all-gather's transpose (a reduce-scatter) sums the cotangents instead
+    backward = "psum" if algorithm == "xla" else "psum_scatter"
+    assert found == Counter({"all_gather": layers, backward: layers})
