@@ -1,25 +1,30 @@
-"""install: labkit on Colab (or any preinstalled stack) without touching its jax, and the notebooks' install cell.
+"""install: labkit into Colab (or any preinstalled stack) with at most one restart, and the notebooks' install cell.
 
-Owns ``python -m labkit.install``: after ``pip install --no-deps <labkit source>`` it installs labkit's remaining
-requirements with pip *constraints* that pin what is already installed of jax, jaxlib, libtpu, the CUDA/ROCm
-plugins, NVIDIA libraries, TensorFlow, keras, numpy, ml_dtypes, protobuf and the kernel's own machinery
-(ipykernel, IPython, jupyter_client, tornado, ...); it installs ``tensorflow-cpu``
-only when no TensorFlow can be imported, adds what Panel needs to render on Colab (``jupyter_bokeh``), and says
-whether the runtime must restart (it must when a package that was already installed changed version).
+Owns ``labkit.install.ensure()`` (what the install cell calls in the kernel) and ``python -m labkit.install``
+(the same from a shell): after ``pip install --no-deps <labkit source>`` they install labkit's remaining
+requirements in ONE pip call, with pip *constraints* that pin what the runtime owns: its TensorFlow, keras,
+numpy, ml_dtypes, protobuf, NVIDIA libraries and the kernel's own machinery (ipykernel, IPython, ipywidgets,
+jupyter_client, tornado, ...). The runtime's jax is kept when it is inside labkit's range; otherwise jax, jaxlib
+and the accelerator package are upgraded together, as one unit (``jax[tpu]`` where libtpu is installed,
+``jax[cuda12]`` where the CUDA 12 plugin is, plain ``jax`` on CPU): Colab's images ship jax 0.7.2, below what
+labkit needs, and a jax without its matching libtpu or plugin cannot start (README, "Colab"). It installs
+``tensorflow-cpu`` only when no TensorFlow can be imported. A restart is asked for only when a package that
+this kernel had already imported changed version: ``ensure()`` then raises ``RestartRuntime``, which stops
+"Run all" before any cell runs in a kernel holding the old modules.
 Also owns the install cell's exact text (``CELL_SOURCE``), the Open-in-Colab badges, and stamping both into
 notebooks and README (``--stamp-notebooks``, ``--stamp-readme``), all built from ONE repository URL: the
 ``Repository`` entry of ``[project.urls]`` in pyproject.toml (``--repository`` overrides it for a fork; the
 cell's pip source stays overridable at run time with the ``LABKIT_SOURCE`` environment variable).
 Must not: import anything outside the standard library (it runs before labkit's requirements exist), or
-replace a preinstalled jax, jaxlib, libtpu, CUDA plugin or TensorFlow.
+replace a preinstalled TensorFlow, NVIDIA library or kernel package.
 """
+
 from __future__ import annotations
 
 import argparse
 import importlib.metadata as metadata
 import importlib.util
 import json
-import os
 import re
 import subprocess
 import sys
@@ -27,20 +32,20 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["CELL_SOURCE", "cell_source", "badge_markdown", "repository", "install", "stamp_notebook",
-           "stamp_readme", "main"]
+__all__ = ["CELL_SOURCE", "cell_source", "badge_markdown", "repository", "install", "ensure", "RestartRuntime",
+           "stamp_notebook", "stamp_readme", "main"]
 
 _ROOT = Path(__file__).resolve().parent.parent
 _BRANCH = "main"
 _PLACEHOLDER = "https://github.com/OWNER/labkit"
 # Installed distributions that the runtime owns: pinned at their installed version, never replaced. Besides
-# the accelerator stack and TensorFlow, the notebook machinery Colab's own kernel and server run on.
-_PROTECTED = re.compile(r"^(jax|jaxlib|libtpu(-nightly)?|jax-(cuda|rocm)\d*-(plugin|pjrt)|nvidia-.+|"
-                        r"tensorflow(-.+)?|tf-keras|keras|numpy|ml-dtypes|protobuf|"
-                        r"ipykernel|ipython|jupyter-client|jupyter-core|jupyter-server|notebook|tornado|pyzmq|"
-                        r"google-colab)$")
-# What Panel needs to render in Colab's notebook front end (Panel's own Colab how-to).
-_COLAB_EXTRAS = ("jupyter_bokeh>=4,<5",)
+# TensorFlow and the libraries it and torch share with jax, the notebook machinery Colab's own kernel, server
+# and widget front end run on (ipywidgets included: Colab's front end renders the version it ships).
+_PROTECTED = re.compile(r"^(nvidia-.+|tensorflow(-.+)?|tf-keras|keras|numpy|ml-dtypes|protobuf|"
+                        r"ipykernel|ipython|ipywidgets|widgetsnbextension|jupyterlab-widgets|jupyter-client|"
+                        r"jupyter-core|jupyter-server|notebook|tornado|pyzmq|google-colab)$")
+# The jax stack: kept as one unit when the runtime's jax is inside labkit's range, else upgraded as one unit.
+_JAX_STACK = re.compile(r"^(jax|jaxlib|libtpu(-nightly)?|jax-(cuda|rocm)\d*-(plugin|pjrt))$")
 _CELL_TAG, _BADGE_TAG = "labkit-install", "labkit-colab-badge"
 _BADGE_SVG = "https://colab.research.google.com/assets/colab-badge.svg"
 _README_BEGIN, _README_END = "<!-- labkit:colab-badges -->", "<!-- /labkit:colab-badges -->"
@@ -86,16 +91,24 @@ def badge_markdown(notebook: str, repo: str | None = None, branch: str = _BRANCH
 
 
 def cell_source(repo: str | None = None, branch: str = _BRANCH) -> str:
-    """The install cell: does nothing where labkit is importable; else installs it without touching the stack."""
-    default = f"git+{repo or repository()}@{branch}"
+    """The install cell: installs labkit where it is missing, then ``ensure()``; elsewhere it does nothing."""
+    repo = repo or repository()
+    default = f"git+{repo}@{branch}"
+    guard = ("    if \"github.com/OWNER/\" in source:  # the placeholder URL: no such repository\n"
+             "        raise RuntimeError(\"This copy of labkit has no repository URL yet: set LABKIT_SOURCE to a \"\n"
+             "                           \"real copy and run this cell again, e.g. os.environ['LABKIT_SOURCE'] = \"\n"
+             "                           \"'git+https://github.com/YOU/labkit@main' (or a local folder)\")\n"
+             if repo.rstrip("/") == _PLACEHOLDER else "")
     return (
-        "# Install labkit (Colab, or any kernel without it; elsewhere this does nothing). It never replaces the\n"
-        "# runtime's jax, jaxlib, libtpu, CUDA plugin or TensorFlow; set LABKIT_SOURCE to install your own copy.\n"
+        "# Install labkit where it is missing (Colab, or any kernel without it; elsewhere this does nothing): one pip\n"
+        "# call around the runtime's own packages. If the kernel must restart, this cell stops Run all and says so.\n"
         "import importlib.util, os, subprocess, sys\n"
         "if importlib.util.find_spec(\"labkit\") is None:\n"
         f"    source = os.environ.get(\"LABKIT_SOURCE\", \"{default}\")\n"
+        f"{guard}"
         "    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\", \"--no-deps\", source], check=True)\n"
-        "    subprocess.run([sys.executable, \"-m\", \"labkit.install\"], check=True)")
+        "import labkit.install\n"
+        "labkit.install.ensure()  # installs what is missing; raises RestartRuntime if this kernel must restart")
 
 
 CELL_SOURCE = cell_source()
@@ -103,6 +116,10 @@ CELL_SOURCE = cell_source()
 
 # ---------------------------------------------------------------------------------------------------------
 # The install step.
+
+class RestartRuntime(RuntimeError):
+    """Raised by ``ensure()`` when this kernel imported a package that the install changed: restart, then Run all."""
+
 
 def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
@@ -139,7 +156,7 @@ def _release(version: str) -> tuple[int, ...]:
 
 
 def _within(version: str, requirement: str) -> bool:
-    """Whether ``version`` meets the plain ``>=,<,<=,>,==,!=`` bounds of ``requirement`` (a warning only)."""
+    """Whether ``version`` meets the plain ``>=,<,<=,>,==,!=`` bounds of ``requirement``."""
     ops = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
            "<": lambda a, b: a < b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b}
     have = _release(version)
@@ -151,29 +168,75 @@ def _within(version: str, requirement: str) -> bool:
     return True
 
 
+def _accelerator(installed: dict[str, str]) -> str | None:
+    """jax's extra for the runtime's accelerator package: 'tpu' (libtpu), 'cuda12'/'cuda13' (plugin), or None."""
+    if "libtpu" in installed or "libtpu-nightly" in installed:
+        return "tpu"
+    for name in sorted(installed):
+        m = re.match(r"^jax-(cuda\d+)-plugin$", name)
+        if m:
+            return m.group(1)
+    return None
+
+
 def _plan(installed: dict[str, str], tf_importable: bool) -> tuple[list[str], list[str], list[str]]:
     """(requirements to pass to pip, constraints, notes) for this environment."""
     reqs, notes = [], []
-    for req in _labkit_requirements() + list(_COLAB_EXTRAS):
+    labkit_reqs = _labkit_requirements()
+    jax_req = next(r for r in labkit_reqs if _name(r) == "jax")
+    keep_jax = "jax" in installed and _within(installed["jax"], jax_req)
+    extra = _accelerator(installed)
+    if not keep_jax:
+        # jax, jaxlib and the accelerator package move together: mixing versions breaks jax's start-up.
+        bounds = jax_req.split(";")[0][len(re.match(r"\s*[A-Za-z0-9._-]+", jax_req).group(0)):].strip()
+        reqs.append(f"jax[{extra}]{bounds}" if extra else f"jax{bounds}")
+        if "jax" in installed:
+            notes.append(f"upgrading the runtime's jax {installed['jax']} (below labkit's {bounds}) together "
+                         f"with jaxlib{' and ' + ('libtpu' if extra == 'tpu' else f'its {extra} plugin') if extra else ''}")
+    for req in labkit_reqs:
         name = _name(req)
+        if name == "jax":
+            continue
         if name == "tensorflow-cpu" and tf_importable:
             notes.append("TensorFlow is importable: tensorflow-cpu not installed")
             continue
-        if _PROTECTED.match(name) and name in installed:
+        if name in installed and (_PROTECTED.match(name) or (keep_jax and _JAX_STACK.match(name))):
             if not _within(installed[name], req):
                 notes.append(f"keeping the runtime's {name} {installed[name]}, outside labkit's tested range "
                              f"({req.split(';')[0]}); labkit never replaces it")
             continue
         reqs.append(req)
-    constraints = [f"{name}=={version}" for name, version in sorted(installed.items()) if _PROTECTED.match(name)]
+    constraints = [f"{name}=={version}" for name, version in sorted(installed.items())
+                   if _PROTECTED.match(name) or (keep_jax and _JAX_STACK.match(name))]
     return reqs, constraints, notes
 
 
-def install(*, dry_run: bool = False, pip_args: tuple[str, ...] = ()) -> dict:
-    """Install labkit's remaining requirements around what is installed; returns what happened.
+def _modules_of(names) -> dict[str, set[str]]:
+    """Top-level import names of each installed distribution in ``names`` (from their RECORD files)."""
+    found: dict[str, set[str]] = {}
+    for module, dists in metadata.packages_distributions().items():
+        for dist in dists:
+            if _canonical(dist) in names:
+                found.setdefault(_canonical(dist), set()).add(module)
+    return found
 
-    ``{"requirements", "constraints", "notes", "changed": {name: (before, after)}, "restart": bool,
-    "seconds"}``. With ``dry_run`` nothing is installed (the pip command is returned under ``"command"``).
+
+def _stale(changed: dict, modules: dict[str, set[str]], loaded) -> list[str]:
+    """The changed distributions a restart must reload: those providing a module the kernel has imported
+    (``loaded``), or every changed one when the importer is unknown (``loaded=None``: a shell)."""
+    if loaded is None:
+        return sorted(changed)
+    return sorted(n for n in changed if modules.get(n, set()) & set(loaded))
+
+
+def install(*, dry_run: bool = False, pip_args: tuple[str, ...] = (), loaded=None) -> dict:
+    """Install labkit's remaining requirements around what is installed, in one pip call; returns what happened.
+
+    ``{"requirements", "constraints", "notes", "changed": {name: (before, after)}, "stale": [names],
+    "restart": bool, "command", "seconds"}``. ``loaded``: the top-level module names a running kernel has
+    imported; a restart is needed only when a changed distribution provides one of them (``stale``). With
+    ``loaded=None`` (a shell), every changed distribution that was installed before counts. With ``dry_run``
+    nothing is installed.
     """
     t0 = time.perf_counter()
     before = _installed()
@@ -183,32 +246,70 @@ def install(*, dry_run: bool = False, pip_args: tuple[str, ...] = ()) -> dict:
         path.write_text("".join(c + "\n" for c in constraints))
         command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-c", str(path),
                    *pip_args, *reqs]
+        modules = _modules_of(set(before)) if loaded is not None else {}
         if not dry_run and reqs:
             done = subprocess.run(command)
             if done.returncode:
                 raise SystemExit(
                     f"labkit.install: pip could not install labkit's requirements around the runtime's packages "
-                    f"(pinned: {', '.join(constraints) or 'none'}); see pip's message above. labkit never "
-                    "replaces jax, jaxlib, libtpu, a CUDA plugin or TensorFlow: upgrade them yourself (e.g. "
-                    "pip install -U 'jax[tpu]'), restart the runtime, and run this cell again.")
+                    f"(pinned: {', '.join(constraints) or 'none'}); see pip's message above.")
     after = before if dry_run else _installed()
     changed = {n: (v, after.get(n)) for n, v in before.items() if after.get(n) != v}
-    return {"requirements": reqs, "constraints": constraints, "notes": notes, "changed": changed,
-            "restart": bool(changed), "command": command, "seconds": time.perf_counter() - t0}
+    stale = _stale(changed, modules, loaded)
+    importlib.invalidate_caches()  # the kernel's import system sees the new packages without a restart
+    return {"requirements": reqs, "constraints": constraints, "notes": notes, "changed": changed, "stale": stale,
+            "restart": bool(stale), "command": command, "seconds": time.perf_counter() - t0}
+
+
+def _missing() -> list[str]:
+    """labkit's requirements that are not installed or are outside their range (protected ones excepted)."""
+    installed = _installed()
+    tf = importlib.util.find_spec("tensorflow") is not None
+    out = []
+    for req in _labkit_requirements():
+        name = _name(req)
+        if name == "tensorflow-cpu" and tf:
+            continue
+        if name not in installed:
+            out.append(req)
+        elif not _within(installed[name], req) and not _PROTECTED.match(name):
+            out.append(req)
+    return out
+
+
+def ensure() -> dict | None:
+    """The install cell's step, in the kernel: install what labkit still needs, or do nothing if it has it all.
+
+    Raises ``RestartRuntime`` (which stops "Run all") when a package this kernel had already imported changed
+    version; returns the install result otherwise (None when nothing was missing).
+    """
+    if not _missing():
+        return None
+    result = install(loaded={m.split(".")[0] for m in list(sys.modules)}, pip_args=("--quiet",))
+    print(_report(result))
+    if result["restart"]:
+        raise RestartRuntime(
+            f"labkit is installed, but this kernel had already imported {', '.join(result['stale'])} at the old "
+            "version. Restart the runtime now (Colab: Runtime > Restart session; Jupyter: Kernel > Restart "
+            "Kernel), then Run all again: this cell will then find everything installed and do nothing.")
+    return result
 
 
 def _report(result: dict) -> str:
     kept = [c.replace("==", " ") for c in result["constraints"] if _name(c) in ("jax", "jaxlib", "libtpu")
             or _name(c).startswith(("jax-cuda", "tensorflow"))]
-    lines = [f"labkit.install: kept the runtime's {', '.join(kept) or 'packages (no jax/TensorFlow found)'}; "
-             f"{len(result['requirements'])} requirement(s) installed around {len(result['constraints'])} "
-             f"pinned package(s) in {result['seconds']:.0f} s"]
+    lines = [f"labkit.install: {len(result['requirements'])} requirement(s) installed in one pip call around "
+             f"{len(result['constraints'])} pinned package(s) of the runtime in {result['seconds']:.0f} s"]
+    if kept:
+        lines.append(f"  kept the runtime's {', '.join(kept)}")
     lines += [f"  {note}" for note in result["notes"]]
+    if result["changed"]:
+        lines.append("  changed: " + ", ".join(f"{n} {a} -> {b}" for n, (a, b) in sorted(result["changed"].items())))
     if result["restart"]:
-        changed = ", ".join(f"{n} {a} -> {b}" for n, (a, b) in sorted(result["changed"].items()))
-        lines.append(f"  RESTART NEEDED (Runtime > Restart session), then run the notebook again: {changed}")
+        lines.append(f"  RESTART NEEDED (Runtime > Restart session), then run the notebook again: "
+                     f"{', '.join(result['stale'])} changed after being imported")
     else:
-        lines.append("  no restart needed: no package that was already installed changed")
+        lines.append("  no restart needed: nothing that was already imported changed")
     return "\n".join(lines)
 
 

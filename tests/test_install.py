@@ -1,21 +1,13 @@
-"""labkit.install: the Colab install step keeps the runtime's jax/TensorFlow; the stamped cell and badges.
-
-The slow test builds a fresh venv holding stand-in jax, jaxlib, tensorflow, numpy, ... wheels (distinct
-versions, built here: Colab's preinstalled set), runs the real install cell against this checkout, and checks
-that every stand-in is still there afterwards while labkit's other requirements were installed from PyPI.
+"""labkit.install: the plan for Colab's real package lists, restarts only for what the kernel imported, the
+placeholder URL's message, the stamped cell and badges. The install cell run end to end in stand-ins of Colab's
+three images: tests/test_colab_images.py.
 """
-import base64
-import hashlib
 import json
 import os
 import re
-import resource
-import shutil
 import subprocess
 import sys
-import time
 import tomllib
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -36,30 +28,82 @@ def test_labkit_package_imports_nothing_heavy():
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported - set(sys.stdlib_module_names)
 
 
-def test_plan_keeps_the_runtime_stack_and_skips_tensorflow_cpu_when_tf_imports():
+def _colab(image: str) -> dict[str, str]:
+    """Colab's installed distributions, from its own list (tests/colab_images/SOURCE.md)."""
+    pins = {}
+    for line in (ROOT / "tests" / "colab_images" / f"pip-freeze.{image}.txt").read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)$", line.strip())
+        if m:
+            pins[install._canonical(m.group(1))] = m.group(2)
+    return pins
+
+
+@pytest.mark.parametrize("image, extra", [("tpu", "tpu"), ("gpu", "cuda12"), ("cpu", None)])
+def test_plan_upgrades_colabs_old_jax_with_its_accelerator_package_and_keeps_the_rest(image, extra):
+    installed = _colab(image)
+    assert installed["jax"] == "0.7.2"  # below labkit's range: the plan must move it
+    reqs, constraints, notes = install._plan(installed, tf_importable="tensorflow" in installed)
+    jax_reqs = [r for r in reqs if install._name(r) == "jax"]
+    assert len(jax_reqs) == 1 and jax_reqs[0].startswith(f"jax[{extra}]" if extra else "jax<")
+    pinned = {install._name(c): c.split("==")[1] for c in constraints}
+    # the jax stack is free to move together; nothing of it is pinned at Colab's version
+    assert not {"jax", "jaxlib", "libtpu", "jax-cuda12-plugin", "jax-cuda12-pjrt"} & set(pinned)
+    # the runtime's own packages are pinned at Colab's versions: kernel, widgets, numpy, protobuf, TF, NVIDIA libs
+    for name in ("ipykernel", "ipython", "ipywidgets", "tornado", "numpy", "protobuf", "jupyter-server", "notebook"):
+        assert pinned[name] == installed[name], name
+    assert {n for n in pinned if n.startswith("nvidia-")} == {n for n in installed if n.startswith("nvidia-")}
+    assert ("tensorflow-cpu" in [install._name(r) for r in reqs]) == (image == "tpu")
+    if image != "tpu":
+        assert pinned["tensorflow"] == installed["tensorflow"]
+    assert any(n.startswith("upgrading the runtime's jax 0.7.2") for n in notes)
+    assert "flax" in [install._name(r) for r in reqs]  # 0.11.2 is below labkit's range: upgraded with jax
+
+
+def test_plan_keeps_a_jax_inside_labkits_range_with_its_accelerator_package():
     installed = {"jax": "0.10.2", "jaxlib": "0.10.2", "libtpu": "0.0.42", "tensorflow": "2.19.0", "numpy": "2.0.2",
                  "jax-cuda12-plugin": "0.10.2", "nvidia-cudnn-cu12": "9.1", "bokeh": "3.7.0"}
     reqs, constraints, notes = install._plan(installed, tf_importable=True)
     names = [install._name(r) for r in reqs]
     assert not {"jax", "jaxlib", "numpy", "tensorflow-cpu"} & set(names)
-    assert {"flax", "optax", "panel", "bokeh", "jupyter-bokeh"} <= set(names)
-    assert sorted(constraints) == sorted(["jax-cuda12-plugin==0.10.2", "jax==0.10.2", "jaxlib==0.10.2", "libtpu==0.0.42",
-                           "numpy==2.0.2", "nvidia-cudnn-cu12==9.1", "tensorflow==2.19.0"])
+    assert {"flax", "optax", "panel", "bokeh"} <= set(names)
+    assert sorted(constraints) == sorted(["jax-cuda12-plugin==0.10.2", "jax==0.10.2", "jaxlib==0.10.2",
+                                          "libtpu==0.0.42", "numpy==2.0.2", "nvidia-cudnn-cu12==9.1",
+                                          "tensorflow==2.19.0"])
     assert "TensorFlow is importable: tensorflow-cpu not installed" in notes
 
 
-def test_plan_installs_tensorflow_cpu_only_without_tensorflow_and_flags_an_old_jax():
-    reqs, constraints, notes = install._plan({"jax": "0.7.2", "jaxlib": "0.7.2"}, tf_importable=False)
-    assert "tensorflow-cpu" in [install._name(r) for r in reqs]
-    assert constraints == ["jax==0.7.2", "jaxlib==0.7.2"]
-    assert any(n.startswith("keeping the runtime's jax 0.7.2, outside labkit's tested range") for n in notes)
+def test_restart_only_for_what_the_kernel_imported():
+    changed = {"jax": ("0.7.2", "0.12.0.1"), "flax": ("0.11.2", "0.12.12"), "scikit-learn": ("1.5", "1.6")}
+    modules = install._modules_of({"flax", "scikit-learn", "jax"})  # from the real RECORD files of this venv
+    assert modules["scikit-learn"] >= {"sklearn"} and modules["flax"] >= {"flax"}
+    assert install._stale(changed, modules, loaded={"IPython", "sys", "os"}) == []
+    assert install._stale(changed, modules, loaded={"IPython", "sklearn", "jax"}) == ["jax", "scikit-learn"]
+    assert install._stale(changed, modules, loaded=None) == ["flax", "jax", "scikit-learn"]  # a shell: all
+
+
+def test_ensure_does_nothing_where_labkit_has_everything(monkeypatch):
+    # This venv satisfies labkit (the nbval kernels run the install cell here): no pip, no output, no restart.
+    monkeypatch.setattr(install.subprocess, "run", lambda *a, **k: pytest.fail(f"pip was run: {a}"))
+    assert install._missing() == []
+    assert install.ensure() is None
+
+
+def test_placeholder_repository_gets_a_clear_message_instead_of_gits_error(tmp_path):
+    cell = install.cell_source(install._PLACEHOLDER)
+    # -S: no site-packages, as in a kernel where labkit is not installed yet
+    done = subprocess.run([sys.executable, "-S", "-c", cell], capture_output=True, text=True, cwd=tmp_path,
+                          env={k: v for k, v in os.environ.items() if k not in ("LABKIT_SOURCE", "PYTHONPATH")})
+    assert done.returncode == 1
+    assert "RuntimeError: This copy of labkit has no repository URL yet: set LABKIT_SOURCE" in done.stderr
+    assert "git" not in done.stderr.split("RuntimeError:")[0].lower().replace("github", "")  # pip/git never ran
+    assert "github.com/OWNER/" not in install.cell_source("https://github.com/me/labkit")  # a real URL: no guard
 
 
 def test_cell_and_badges_come_from_the_one_repository_url():
     assert install.repository() == REPO.rstrip("/")
     owner_name = REPO.removeprefix("https://github.com/")
     assert f'os.environ.get("LABKIT_SOURCE", "git+{REPO}@main")' in install.CELL_SOURCE
-    assert '"--no-deps", source]' in install.CELL_SOURCE and '"-m", "labkit.install"]' in install.CELL_SOURCE
+    assert '"--no-deps", source]' in install.CELL_SOURCE and "labkit.install.ensure()" in install.CELL_SOURCE
     assert "tensorflow-cpu" not in install.CELL_SOURCE
     assert install.badge_markdown("00_setup.ipynb") == (
         "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
@@ -133,78 +177,3 @@ def test_stamp_readme(tmp_path):
     assert lines[2] == "- " + install.badge_markdown("00_setup.ipynb") + " `00_setup`"
     assert install.stamp_readme(readme, ["00_setup.ipynb", "04_train.ipynb"]) is False
     assert "<!-- labkit:colab-badges -->" in (ROOT / "README.md").read_text()  # the real README has the block
-
-
-# ---------------------------------------------------------------------------------------------------------
-# End to end: a fresh venv standing in for Colab's preinstalled stack.
-
-# distribution, version, top-level module (versions differ from what labkit would pick on its own)
-_STANDINS = [("jax", "0.10.2+colab", "jax"), ("jaxlib", "0.10.2+colab", "jaxlib"),
-             ("tensorflow", "2.19.0+colab", "tensorflow"), ("numpy", "2.3.5+colab", "numpy"),
-             ("scipy", "1.16.3+colab", "scipy"), ("pandas", "2.2.2+colab", "pandas"),
-             ("scikit-learn", "1.6.1+colab", "sklearn"), ("scikit-image", "0.25.2+colab", "skimage"),
-             ("ipykernel", "6.17.1+colab", "ipykernel"), ("ipython", "7.34.0+colab", "IPython"),
-             ("tornado", "6.4.2+colab", "tornado")]
-
-
-def _wheel(folder: Path, dist: str, version: str, module: str) -> Path:
-    """A minimal pure-Python wheel named ``dist`` whose module only records its version."""
-    stem = f"{dist.replace('-', '_')}-{version}"
-    files = {f"{module}/__init__.py": f'__version__ = "{version}"\nSTANDIN = True\n',
-             f"{stem}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n",
-             f"{stem}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: labkit-test\nRoot-Is-Purelib: true\n"
-                                        "Tag: py3-none-any\n"}
-    record = []
-    for name, text in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
-        record.append(f"{name},sha256={digest},{len(text.encode())}")
-    files[f"{stem}.dist-info/RECORD"] = "\n".join(record + [f"{stem}.dist-info/RECORD,,"]) + "\n"
-    path = folder / f"{stem}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as z:
-        for name, text in files.items():
-            z.writestr(name, text)
-    return path
-
-
-def _versions(python: Path) -> dict:
-    code = ("import importlib.metadata as m, json; "
-            "print(json.dumps({d.metadata['Name'].lower(): d.version for d in m.distributions()}))")
-    return json.loads(subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout)
-
-
-@pytest.mark.slow
-def test_install_cell_keeps_a_preinstalled_jax_and_tensorflow(tmp_path):
-    venv = tmp_path / "colab"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    wheels = tmp_path / "wheels"
-    wheels.mkdir()
-    paths = [_wheel(wheels, *standin) for standin in _STANDINS]
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--disable-pip-version-check",
-                    *map(str, paths)], check=True)
-    before = _versions(python)
-    assert {d: before[d] for d, _, _ in _STANDINS} == {d: v for d, v, _ in _STANDINS}
-    # labkit's source: a copy of this checkout's package files (pip must not write build files into it)
-    source = tmp_path / "labkit-src"
-    shutil.copytree(ROOT / "labkit", source / "labkit", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, source / name)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    # PIP_NO_COMPILE: pip skips writing .pyc files for ~100 packages (CI time; the install logic is the same)
-    env.update(LABKIT_SOURCE=str(source), PATH=f"{venv / 'bin'}:{env.get('PATH', '')}", PIP_NO_COMPILE="1")
-    t0, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run([str(python), "-c", install.CELL_SOURCE], env=env, cwd=tmp_path,
-                          capture_output=True, text=True)
-    seconds, cpu1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    after = _versions(python)
-    # Colab's stand-ins are all still there, untouched; tensorflow-cpu was not added next to tensorflow
-    assert {d: after[d] for d, _, _ in _STANDINS} == {d: v for d, v, _ in _STANDINS}
-    assert "tensorflow-cpu" not in after
-    # labkit and its other requirements (plus Panel's Colab renderer) came in
-    assert {"labkit", "flax", "optax", "orbax-checkpoint", "panel", "bokeh", "papermill", "jupyter_bokeh"} <= \
-        {n.replace("-", "_") if n == "jupyter-bokeh" else n for n in after}
-    assert "no restart needed" in done.stdout, done.stdout
-    assert "keeping the runtime's ipykernel 6.17.1+colab" in done.stdout
-    print(f"install cell in a fresh venv: {seconds:.0f} s wall, {cpu:.0f} s CPU")  # shown with -s
