@@ -241,7 +241,25 @@ def _detect_cluster():
         kinds = list(clusters.ClusterEnv._cluster_types)
     except (ImportError, AttributeError):
         return _UNKNOWN
-    return next((k for k in kinds if not getattr(k, "opt_in_only_method", False) and k.is_env_present()), None)
+    for kind in kinds:
+        if getattr(kind, "opt_in_only_method", False):
+            continue
+        if kind.__name__ == "K8sCluster":
+            # Every Kubernetes pod has KUBERNETES_SERVICE_HOST (a Binder or JupyterHub notebook too): without
+            # the `kubernetes` package JAX warns and says no, and with it a pod that may not read its own
+            # namespace raises. Neither is a job to join; a JAX job on Kubernetes says so (see README).
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    present = kind.is_env_present()
+                except Exception:  # noqa: BLE001 (the in-cluster configuration is missing or unreadable)
+                    present = False
+        else:
+            present = kind.is_env_present()
+        if present:
+            return kind
+    return None
 
 
 def _process_count(cluster) -> int:

@@ -130,3 +130,83 @@ def test_ctrl_c_prints_one_line_keeps_a_checkpoint_and_the_resume_continues_the_
     page = training_view(RunDirSource(work), live=False)
     steps = page.views["training"].steps.data()["step"]
     assert steps[0] == 0 and steps[-1] == kept + 2 and set(range(kept + 3)) <= set(steps)  # the whole history
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Every entry point joins a multi-host job (and sets XLA's GPU flags) before any JAX backend exists:
+# jax.distributed.initialize refuses once one does, and XLA reads XLA_FLAGS when the GPU client starts.
+# Each probe is a fresh process, task 0 of a 2-node `srun -N2 --ntasks-per-node=1 --gpus-per-node=8` step
+# (variables per Slurm's srun(1); SLURM sets CUDA_VISIBLE_DEVICES for the GPUs), on a stand-in GPU box: the
+# platform check says "gpu" (this machine runs the CPU backend). jax.distributed.initialize is replaced by a
+# recorder that notes whether a backend existed and which XLA_FLAGS were set, then ends the process (the real
+# call would wait for the second host).
+
+_PROBE = """
+import json, os, sys
+import jax
+from jax._src import xla_bridge
+import labkit.train.overlap as overlap
+overlap._platform_before_start = lambda: "gpu"
+
+def initialize(*args, **kwargs):
+    print("PROBE " + json.dumps({"backend_existed": xla_bridge.backends_are_initialized(),
+                                 "xla_flags": os.environ.get("XLA_FLAGS", ""), "kwargs": kwargs}), flush=True)
+    os._exit(0)
+
+jax.distributed.initialize = initialize
+exec(sys.argv[1])
+print("PROBE none", flush=True)
+"""
+
+_SRUN_TASK0 = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node[001-002]", "SLURM_STEP_NODELIST": "node[001-002]",
+               "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NUM_NODES": "2", "SLURM_PROCID": "0",
+               "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_STEP_TASKS_PER_NODE": "1(x2)",
+               "SLURM_TASKS_PER_NODE": "1(x2)", "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}
+
+
+def probe_entry_points(codes: dict, tmp_path) -> dict:
+    """Run each snippet in a fresh probe process (all at once); name -> what the recorder saw."""
+    import os
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "OMPI_", "TPU_WORKER", "LABKIT_COORDINATOR", "LABKIT_NUM_PROCESSES",
+                                "LABKIT_PROCESS_ID", "LABKIT_LOCAL_DEVICES", "XLA_FLAGS"))}
+    env |= _SRUN_TASK0
+    procs = {name: subprocess.Popen([sys.executable, "-c", _PROBE, code], env=env, cwd=tmp_path, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for name, code in codes.items()}
+    seen = {}
+    for name, proc in procs.items():
+        out = proc.communicate(timeout=300)[0]
+        line = next((x for x in out.splitlines() if x.startswith("PROBE ")), None)
+        assert line is not None, f"{name}: no probe line\n{out[-3000:]}"
+        seen[name] = None if line == "PROBE none" else json.loads(line[6:])
+    return seen
+
+
+def _assert_started_first(name, seen):
+    assert seen is not None, f"{name} never joined the job"
+    assert seen["backend_existed"] is False, f"{name} started a JAX backend before joining the job"
+    assert "--xla_gpu_enable_latency_hiding_scheduler=true" in seen["xla_flags"], name
+    # one process per host: every GPU of the box, not JAX's one-GPU-per-process default for SLURM
+    assert seen["kwargs"] == {"num_processes": 2, "local_device_ids": list(range(8))}, name
+
+
+def test_cli_commands_join_the_job_before_any_backend(tmp_path):
+    from labkit.cli import main  # noqa: F401  (the probes import it themselves)
+    run = "from labkit.cli import main; main({})"
+    seen = probe_entry_points({
+        "labkit info": run.format(["info"]),
+        "labkit train --config cpu8-digits": run.format(["train", "--config", "cpu8-digits", "--workdir", "w1"]),
+        "labkit train --config gpu-resnet50": run.format(["train", "--config", "gpu-resnet50", "--workdir", "w2"]),
+        "labkit config keys --config tpu-vm-slice": run.format(["config", "keys", "--config", "tpu-vm-slice"]),
+        "labkit bench collectives": run.format(["bench", "collectives"]),
+    }, tmp_path)
+    for name, result in seen.items():
+        _assert_started_first(name, result)
+
+
+def test_notebooks_join_the_job_before_any_backend(tmp_path):
+    """Notebooks start through labkit.lab.setup(); `labkit run` starts them as kernels, which are the JAX
+    processes (the command itself joins nothing)."""
+    seen = probe_entry_points({"lab.setup()": "from labkit import lab; lab.setup()"}, tmp_path)["lab.setup()"]
+    assert seen is not None and seen["backend_existed"] is False
+    assert seen["kwargs"] == {"num_processes": 2, "local_device_ids": list(range(8))}

@@ -487,3 +487,16 @@ def test_manual_start_keeps_every_gpu(init_calls, monkeypatch):
     initialize_multihost()
     assert init_calls == [{"coordinator_address": "10.0.0.2:1234", "num_processes": 2, "process_id": 1,
                            "local_device_ids": [0, 1]}]
+
+
+def test_a_notebook_pod_on_kubernetes_joins_nothing_quietly(init_calls, monkeypatch):
+    """Binder / JupyterHub pods have KUBERNETES_SERVICE_HOST like every pod; without the `kubernetes` package
+    JAX's K8s detection warns and declines. A one-process notebook is no job: no join, no warning."""
+    import warnings
+    from labkit.mesh import initialize_multihost
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setitem(__import__("sys").modules, "kubernetes", None)  # not installed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert initialize_multihost() == 1
+    assert init_calls == []

@@ -87,3 +87,14 @@ def test_colab_trains_on_the_compute_device_of_the_one_chip_plan(monkeypatch):
     topo = Topology.build(shape=cfg.shape, bn_group=cfg.bn_group)  # what the training loop builds
     assert list(topo.mesh.devices.flat) == jax.devices()[:1]
     assert get_preset("gpu-resnet50").shape == "1x1"
+
+
+def test_hardware_presets_join_the_job_before_they_read_the_devices(tmp_path):
+    """gpu-resnet50, tpu-vm-slice and colab read the device plan, which starts JAX: the multi-host join and
+    XLA's GPU flags must come first (probe: tests/test_cli.py)."""
+    from tests.test_cli import _assert_started_first, probe_entry_points
+    names = ("gpu-resnet50", "tpu-vm-slice", "colab")
+    seen = probe_entry_points({n: f"from labkit.presets import get_preset; get_preset({n!r})" for n in names},
+                              tmp_path)
+    for name in names:
+        _assert_started_first(name, seen[name])
