@@ -82,3 +82,12 @@ def test_unknown_model_and_dtype_are_clear_errors():
         create_model("resnet51")
     with pytest.raises(ValueError, match=r"dtype: 'fp8' is not supported; allowed values"):
         create_model("resnet18", dtype="fp8")
+
+
+def test_resnet50_has_the_bn_layer_count_the_cost_model_uses():
+    """collectives.costmodel.RESNET50_BN_LAYERS (BN collectives per step) = the model's BN layers (shapes only)."""
+    from labkit.collectives.costmodel import RESNET50_BN_LAYERS
+    model = create_model("resnet50", num_classes=1000)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+    means = [p for p, _ in jax.tree_util.tree_leaves_with_path(shapes["batch_stats"]) if "mean" in str(p[-1])]
+    assert len(means) == RESNET50_BN_LAYERS == 1 + 16 * 3 + 4

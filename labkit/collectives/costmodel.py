@@ -2,7 +2,9 @@
 
 Owns: named networks (TPU v3 pod 32x32 and slices, TPU v2-8 / v3-8, "N hosts x 8 GPUs"), the predicted time of
 ``ring``, ``torus2d``, ``torus2d_bidir``, ``hierarchical`` and the link-level forms on them, a fit of
-(alpha, beta) to measured times, and the ResNet-50 projection (all-reduce time, step time, time to train).
+(alpha, beta) to measured times, the ResNet-50 projection (all-reduce time, step time, time to train), and the
+BN collectives of a step (``BN_FORMS``: which collectives one BN layer does, forward and backward, by
+``labkit.bn.DistributedBatchNorm.variance``; ``bn_collectives_per_step``; ``predict_collective``, ``predict_bn``).
 Pure Python + numpy.
 Must not: run JAX collectives, time anything, or emit telemetry (``labkit.bench.collectives`` does).
 
@@ -22,11 +24,22 @@ import re
 
 import numpy as np
 
-__all__ = ["MODELLED", "RESNET50_PARAMS", "Link", "Network", "Estimate", "network", "predict", "fit",
-           "gpu_cluster", "project_resnet50", "PAPER", "MLPERF_V06_1024"]
+__all__ = ["MODELLED", "RESNET50_PARAMS", "RESNET50_BN_LAYERS", "BN_FORMS", "Link", "Network", "Estimate", "network",
+           "predict", "predict_collective", "predict_bn", "bn_collectives_per_step", "fit", "gpu_cluster",
+           "project_resnet50", "PAPER", "MLPERF_V06_1024"]
 
 MODELLED = ("xla", "ring", "torus2d", "torus2d_bidir", "hierarchical", "torus2d_links", "torus2d_bidir_links")
 RESNET50_PARAMS = 25_557_032          # paper-facts section 3: ~102 MB fp32 / ~51 MB bf16
+RESNET50_BN_LAYERS = 53               # labkit's ResNet-50: stem + 16 blocks x 3 + 4 projections (tested)
+
+# The collectives ONE BN layer does per step, by ``DistributedBatchNorm.variance``: (primitive, float32 values per
+# channel that each replica puts in), forward and backward (the gradient with respect to the layer's input; the
+# scale/bias gradients travel in the gradient all-reduce). Read from the traced programs (tests/test_bn.py).
+BN_FORMS: dict[str, dict[str, tuple[tuple[str, int], ...]]] = {
+    "chan": {"forward": (("all_gather", 2),), "backward": (("psum", 2),)},      # (mean, M2) gathered; 2 cotangents
+    "two_pass": {"forward": (("psum", 1), ("psum", 1)), "backward": (("psum", 1),) * 3},
+    "fast": {"forward": (("psum", 2),), "backward": (("psum", 1),) * 2},
+}
 IMAGENET_TRAIN = 1_281_167
 PAPER = {"minutes": 2.2, "images_per_s": 1.05e6, "chips": 1024, "batch": 32768}            # [paper]
 MLPERF_V06_1024 = {"minutes": 1.28, "images_per_s": 1.30e6, "chips": 1024, "batch": 32768}  # MLPerf v0.6
@@ -173,6 +186,43 @@ def predict(net: Network, algorithm: str, nbytes: float, *, directions: int = 1)
         parts = _chain(p1, p2, p2, p1)
     steps, lat, bw = parts
     return Estimate(name, s, int(steps), lat, bw)
+
+
+def predict_collective(net: Network, primitive: str, nbytes: float, *, directions: int = 1) -> Estimate:
+    """One XLA collective over every chip of ``net`` (a ring through them), ``nbytes`` = what each chip puts in.
+
+    ``psum``: an all-reduce (``predict``'s ``ring``: reduce-scatter + all-gather). ``all_gather``: the all-gather
+    phase alone, of a payload of ``net.size`` x ``nbytes`` (every member's block reaches every member).
+    ``psum_scatter``: the reduce-scatter phase alone, of ``nbytes``.
+    """
+    if primitive == "psum":
+        return dataclasses.replace(predict(net, "ring", nbytes, directions=directions), algorithm="psum")
+    if primitive not in ("all_gather", "psum_scatter"):
+        raise ValueError(f"predict_collective: unknown primitive {primitive!r}; allowed values: "
+                         "['psum', 'all_gather', 'psum_scatter']")
+    payload = float(nbytes) * (net.size if primitive == "all_gather" else 1)
+    both = predict(net, "ring", payload, directions=directions)  # one phase = half of the ring all-reduce
+    return Estimate(primitive, float(nbytes), both.steps // 2, both.latency_s / 2, both.bandwidth_s / 2)
+
+
+def bn_collectives_per_step(form: str = "chan", layers: int = RESNET50_BN_LAYERS) -> dict:
+    """How many BN collectives a training step does: ``{"forward", "backward", "total"}`` for ``layers`` BN layers
+    (default: ResNet-50's 53) normalizing with ``form``. Two-pass: 5 a layer (265); chan: 2 (106)."""
+    if form not in BN_FORMS:
+        raise ValueError(f"bn form: unknown {form!r}; allowed values: {list(BN_FORMS)}")
+    fwd, bwd = len(BN_FORMS[form]["forward"]) * layers, len(BN_FORMS[form]["backward"]) * layers
+    return {"forward": fwd, "backward": bwd, "total": fwd + bwd}
+
+
+def predict_bn(net: Network, channels, form: str = "chan", *, directions: int = 1) -> Estimate:
+    """All BN collectives of one step: every layer (``channels``: its channel count, one entry a layer) does
+    ``BN_FORMS[form]``, each collective over ``net`` (the BN group's chips), float32. ``steps`` = ring steps in
+    all; the time is their sum (a layer's collectives wait for its compute, so they do not overlap each other)."""
+    bn_collectives_per_step(form, 1)  # validates the form
+    parts = [predict_collective(net, prim, 4.0 * floats * c, directions=directions)
+             for c in channels for prim, floats in BN_FORMS[form]["forward"] + BN_FORMS[form]["backward"]]
+    return Estimate(f"bn:{form}", sum(p.nbytes for p in parts), sum(p.steps for p in parts),
+                    sum(p.latency_s for p in parts), sum(p.bandwidth_s for p in parts))
 
 
 def fit(shape: tuple[int, int], algorithm: str, nbytes, times_s) -> dict:

@@ -114,3 +114,42 @@ def test_link_level_forms_are_modelled_like_their_xla_composed_twins():
     assert bidir_links.algorithm == "torus2d_bidir_links"
     assert bidir_links.time_s == cm.predict(net, "torus2d_bidir", 1e8, directions=2).time_s
     assert bidir_links.time_s < cm.predict(net, "torus2d_bidir", 1e8, directions=1).time_s
+
+
+def test_bn_collectives_per_resnet50_step():
+    """The issue's count: 5 a layer two-pass (265 for ResNet-50's 53 BN layers), one each way with chan (106)."""
+    assert cm.bn_collectives_per_step("two_pass") == {"forward": 106, "backward": 159, "total": 265}
+    assert cm.bn_collectives_per_step("chan") == {"forward": 53, "backward": 53, "total": 106}
+    assert cm.bn_collectives_per_step("fast", layers=10)["total"] == 30
+    with pytest.raises(ValueError, match=r"unknown 'exact'; allowed values: \['chan', 'two_pass', 'fast'\]"):
+        cm.bn_collectives_per_step("exact")
+
+
+def test_single_collectives_are_textbook_ring_phases():
+    """On a ring of g chips (alpha per step, B bytes/s): psum of n bytes = 2(g-1) steps, 2(g-1)/g n/B; all_gather
+    of n bytes from each = (g-1) steps, (g-1) n/B; psum_scatter of n bytes = (g-1) steps, (g-1)/g n/B."""
+    g, n, alpha, bw = 8, 4096.0, 1e-6, 1e11
+    line = cm.Link(alpha, bw, wraparound=True)
+    net = cm.Network("group", (1, g), line, line)
+    psum, gather, scatter = (cm.predict_collective(net, p, n) for p in ("psum", "all_gather", "psum_scatter"))
+    assert (psum.steps, gather.steps, scatter.steps) == (2 * (g - 1), g - 1, g - 1)
+    assert psum.latency_s == pytest.approx(2 * (g - 1) * alpha) and gather.latency_s == pytest.approx((g - 1) * alpha)
+    assert psum.bandwidth_s == pytest.approx(2 * (g - 1) / g * n / bw)
+    assert gather.bandwidth_s == pytest.approx((g - 1) * n / bw)
+    assert scatter.bandwidth_s == pytest.approx((g - 1) / g * n / bw)
+    with pytest.raises(ValueError, match="unknown primitive 'ppermute'"):
+        cm.predict_collective(net, "ppermute", n)
+
+
+def test_chan_bn_costs_less_than_two_pass_on_a_pod_bn_group():
+    """BN collectives are small and latency-bound on a pod: 2 collectives a layer (one all-gather of (g x 2
+    values a channel), one psum of 2) beat 5 psums of 1 value, for ResNet-50-like channel counts."""
+    pod = cm.network("tpu-v3-pod")
+    line = cm.Link(pod.y.alpha_s, pod.y.bandwidth, wraparound=False)
+    group = cm.Network("bn-group", (1, 8), line, line)
+    channels = [64] * 10 + [256] * 20 + [1024] * 20 + [2048] * 3
+    chan, two = cm.predict_bn(group, channels, "chan"), cm.predict_bn(group, channels, "two_pass")
+    assert chan.steps == 53 * (7 + 14) and two.steps == 53 * 5 * 14
+    assert chan.latency_s < two.latency_s / 3 and chan.time_s < two.time_s
+    # bytes each chip puts in: chan 2 + 2 values a channel, two_pass 5 x 1
+    assert chan.nbytes == pytest.approx(4 * 4 * sum(channels)) and two.nbytes == pytest.approx(4 * 5 * sum(channels))
