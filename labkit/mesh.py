@@ -564,14 +564,16 @@ def _hosts_are_tiles(grid: np.ndarray) -> bool:
 def _grid_by_coords(devices: list, shape: tuple[int, int]) -> np.ndarray | None:
     """Lay a full box of TPU devices (chip coordinates x, y, z and the core on the chip) out as ``shape``.
 
-    The physical axes that vary (x, y, z, core; size-1 axes dropped) are split between the torus X and Y, each
+    The physical axes that vary (slice, x, y, z, core; size-1 axes dropped) are split between the torus X and Y, each
     side walked as a snake, so every torus neighbour (wrap-around aside) is one hop on the chip grid or the
     other core of the same chip. Of the splits that fit ``shape``, the first (physical order, cores innermost)
     that keeps each host's devices as one tile of the torus wins. None when the devices are not a full box
-    (e.g. several slices of a multislice job) or no split fits ``shape``.
+    or no split fits ``shape``.
     """
     import itertools
-    pos = [(*tuple(d.coords), getattr(d, "core_on_chip", 0) or 0) for d in devices]
+    # slice_index first: in a multislice job the slices repeat the same chip coordinates (DCN joins them)
+    pos = [(getattr(d, "slice_index", 0) or 0, *tuple(d.coords), getattr(d, "core_on_chip", 0) or 0)
+           for d in devices]
     if len(set(pos)) != len(pos):
         return None
     values = [sorted({p[a] for p in pos}) for a in range(len(pos[0]))]

@@ -350,6 +350,21 @@ def test_v5e_2x4_torus_is_the_chip_grid():
         _assert_wired(by_id)
 
 
+def test_multislice_keeps_each_slice_a_tile_on_its_wiring():
+    """Two v5e-8 slices (multislice, joined over DCN): each repeats the coordinates of a 2x4 chip grid with its
+    own slice_index. Each slice is one tile of the torus (half of it), laid out on its own wiring."""
+    devs = []
+    for sl in range(2):
+        for d in _tpu_slice("TPU v5 lite", (2, 4, 1)):
+            d.id, d.slice_index, d.process_index = sl * 8 + d.id, sl, sl
+            devs.append(d)
+    grid = Topology.build(shape="4x4", devices=devs).mesh.devices.reshape(4, 4)
+    _assert_hosts_together(grid)
+    for sl in range(2):
+        rows = sorted({i for (i, j), d in np.ndenumerate(grid) if d.slice_index == sl})
+        _assert_wired(grid[rows])
+
+
 def test_v3_cores_of_a_chip_sit_side_by_side():
     grid = Topology.build(shape="2x4", devices=_tpu_slice("TPU v3", (2, 2, 1), cores=2)).mesh.devices.reshape(2, 4)
     for row in grid:
