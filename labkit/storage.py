@@ -5,6 +5,10 @@ make directories, remove) with one meaning for a local path and for a URL. Local
 exactly as before. URLs (``gs://``, and any other scheme ``tf.io.gfile`` handles) use TensorFlow's filesystem:
 labkit already depends on TensorFlow, and ``tf.data`` (the input pipeline) and ``etils.epath`` (Orbax's
 checkpoint metadata) read the same URLs through it, so one set of credentials and settings serves them all.
+Cloud Storage appends are the exception: ``tf.io.gfile`` cannot compose objects, so ``open_append`` on ``gs://``
+composes with google-cloud-storage (Orbax's gs:// client, same application-default credentials), and whole and
+ranged reads of ``gs://`` objects use that client too, so a reader in the same process never sees a stale size
+from TensorFlow's stat cache.
 Paths are strings here: ``pathlib.Path("gs://b/x")`` collapses ``//`` and turns a URL into a local path.
 Must not: know about training, telemetry records or run layouts.
 """
@@ -140,7 +144,13 @@ def open_file(path, mode: str = "r"):
 
 
 def read_bytes(path) -> bytes:
-    """A whole file; ``FileNotFoundError`` when it does not exist (local or URL)."""
+    """A whole file; ``FileNotFoundError`` when it does not exist (local or URL). ``gs://`` objects are read
+    with google-cloud-storage, like ``read_range`` (current after a compose made by ``open_append``)."""
+    if _str(path).startswith("gs://"):
+        blob = _gcs_blob(_str(path))
+        if blob is None:
+            raise FileNotFoundError(f"{_str(path)!r} does not exist")
+        return blob.download_as_bytes(raw_download=True)
     try:
         with open_file(path, "rb") as f:
             return f.read()
@@ -175,7 +185,18 @@ def read_range(path, offset: int, max_bytes: int | None = None) -> tuple[int, by
     """``(file size, up to max_bytes from offset)`` (None = to the end); ``FileNotFoundError`` if missing.
 
     Readers that follow a growing file use it: the size tells them whether the file was truncated or replaced.
+    ``gs://`` objects are read with google-cloud-storage, the client ``open_append`` composes them with
+    (tf.io.gfile caches an object's size for a few seconds and would not see a compose made by another client).
     """
+    if _str(path).startswith("gs://"):  # the client that appends (compose), so a same-process reader is current
+        blob = _gcs_blob(_str(path))
+        if blob is None:
+            raise FileNotFoundError(f"{_str(path)!r} does not exist")
+        total = int(blob.size)
+        if offset >= total:
+            return total, b""
+        end = total if max_bytes is None else min(total, offset + max_bytes)  # never past the size returned
+        return total, blob.download_as_bytes(start=offset, end=end - 1, raw_download=True)
     if is_url(path):
         total = size(path)  # FileNotFoundError when missing
         if offset >= total:
@@ -194,45 +215,109 @@ def read_range(path, offset: int, max_bytes: int | None = None) -> tuple[int, by
 def open_append(path, *, interval_s: float = APPEND_INTERVAL_S):
     """A binary append handle with ``write``, ``tell``, ``flush`` and ``close``.
 
-    Local: the file opened in ``ab`` mode. URL: objects cannot be appended to, so the handle keeps the object's
-    bytes (read once) plus what is written, and rewrites the whole object on ``flush`` at most every
-    ``interval_s`` (``flush(force=True)`` and ``close`` always write). Each rewrite is a complete object, so a
-    reader sees a prefix of the final contents, never a torn write; the cost is the object's size per rewrite.
+    Local: the file opened in ``ab`` mode. URL: objects cannot be appended to, so the handle buffers what is
+    written and uploads it on ``flush`` at most every ``interval_s`` (``flush(force=True)`` and ``close`` always
+    upload). On ``gs://`` each upload sends only the new bytes: they go to a temporary object that Cloud Storage
+    composes onto the end of the object (a server-side copy), so a run's upload grows linearly with its length.
+    Each compose replaces the object whole, so a reader sees a prefix of the final contents, never a torn write.
+    Other URL schemes have no compose: there the whole object is rewritten (its size per upload).
     """
     if not is_url(path):
         return builtins.open(path, "ab")
-    return _ObjectAppender(_str(path), interval_s)
+    path = _str(path)
+    return _ObjectAppender(path, interval_s, compose=path.startswith("gs://"))
+
+
+def _gcs_client():
+    """A google-cloud-storage client (Cloud Storage's compose is not in tf.io.gfile); one per process."""
+    global _CLIENT
+    if _CLIENT is None:
+        try:
+            from google.cloud import storage as gcs
+        except ImportError:
+            raise ImportError("labkit.storage: appending to a gs:// object (telemetry) composes it with "
+                              "google-cloud-storage, which is not installed; install it: "
+                              "pip install 'google-cloud-storage>=3,<4' (labkit's own install does)") from None
+        _CLIENT = gcs.Client()  # credentials as Orbax's gs:// checkpoints use them (application default)
+    return _CLIENT
+
+
+_CLIENT = None
+
+
+def _split_gs(path: str) -> tuple[str, str]:
+    bucket, _, name = path[len("gs://"):].partition("/")
+    return bucket, name
+
+
+def _gcs_blob(path: str):
+    """The object's current metadata (size, generation), or None when it does not exist."""
+    bucket, name = _split_gs(path)
+    return _gcs_client().bucket(bucket).get_blob(name)
 
 
 class _ObjectAppender:
-    def __init__(self, path: str, interval_s: float):
-        self.path, self.interval_s = path, interval_s
+    def __init__(self, path: str, interval_s: float, compose: bool = False):
+        self.path, self.interval_s, self.compose = path, interval_s, compose
         self._lock = threading.Lock()
-        self._data = bytearray(read_bytes(path) if exists(path) else b"")
-        self._written = len(self._data)  # bytes the object holds now
+        # Only the size of what is there: nothing already uploaded is held or sent again (compose); without
+        # compose the object is rewritten whole, so its bytes are kept.
+        if compose:
+            blob = _gcs_blob(path)
+            self._held, self._stored = bytearray(), 0 if blob is None else int(blob.size)
+        else:
+            self._held = bytearray(read_bytes(path) if exists(path) else b"")
+            self._stored = len(self._held)
+        self._new = bytearray()  # written, not yet uploaded
         self._last: float | None = None  # when the object was last written by this handle
+        self.uploaded = 0  # bytes this handle sent (object contents only)
 
     def tell(self) -> int:
-        return len(self._data)
+        return self._stored + len(self._new)
 
     def write(self, data: bytes) -> int:
         with self._lock:
-            self._data += data
+            self._new += data
         return len(data)
 
     def flush(self, force: bool = False) -> None:
         with self._lock:
-            if len(self._data) == self._written:
+            if not self._new:
                 return
             if not force and self._last is not None and time.monotonic() - self._last < self.interval_s:
                 return
-            write_bytes(self.path, bytes(self._data))
-            self._written, self._last = len(self._data), time.monotonic()
+            new = bytes(self._new)
+            if self.compose:
+                self._compose(new)
+            else:
+                self._held += new
+                write_bytes(self.path, bytes(self._held))
+                self.uploaded += len(self._held)
+            self._stored += len(new)
+            self._new.clear()
+            self._last = time.monotonic()
+
+    def _compose(self, new: bytes) -> None:
+        """Upload ``new`` as a temporary object and compose [object, temporary] into the object."""
+        import uuid
+        bucket_name, name = _split_gs(self.path)
+        bucket = _gcs_client().bucket(bucket_name)
+        target = bucket.blob(name)
+        if self._stored == 0:
+            target.upload_from_string(new, content_type="application/octet-stream")
+        else:
+            part = bucket.blob(f"{name}.append-{uuid.uuid4().hex}")  # not matched by telemetry*.jsonl
+            part.upload_from_string(new, content_type="application/octet-stream")
+            try:
+                target.compose([bucket.blob(name), part])
+            finally:
+                part.delete()
+        self.uploaded += len(new)
 
     @property
     def pending(self) -> bool:
         """Bytes written but not yet in the object."""
-        return len(self._data) != self._written
+        return bool(self._new)
 
     def close(self) -> None:
         self.flush(force=True)

@@ -151,6 +151,7 @@ def _serve(tmp_dir: str, buckets: list[str]) -> None:
     from gcp_storage_emulator.server import RequestHandler, create_server
     _patch_empty_uploads()
     _patch_generation_headers()
+    received = _count_request_bytes()
     RequestHandler.disable_nagle_algorithm = True
     port = _free_port()
     server = create_server("127.0.0.1", port, in_memory=True)
@@ -180,8 +181,25 @@ def _serve(tmp_dir: str, buckets: list[str]) -> None:
     for line in sys.stdin:  # commands from the parent
         if line.strip() == "refused":
             print(json.dumps(front.refused), flush=True)
+        elif line.strip() == "received":
+            print(json.dumps(received[0]), flush=True)
     front.shutdown()
     server.stop()
+
+
+def _count_request_bytes() -> list[int]:
+    """Count the request-body bytes the emulator reads (uploads, compose and other JSON requests, from every
+    client: TensorFlow through the front, google-cloud-storage and tensorstore directly); returns the counter."""
+    from gcp_storage_emulator import server
+    received = [0]
+    original = server._read_raw_data
+
+    def read_raw_data(request_handler):
+        data = original(request_handler)
+        received[0] += len(data or b"")
+        return data
+    server._read_raw_data = read_raw_data  # _read_data calls it by name
+    return received
 
 
 def _patch_generation_headers() -> None:
@@ -226,6 +244,13 @@ class GcsEmulator:
     def refused(self) -> list[str]:
         """CONNECT requests the front refused (a test asserts none: nothing tried to leave 127.0.0.1)."""
         self._proc.stdin.write("refused\n")
+        self._proc.stdin.flush()
+        return json.loads(self._proc.stdout.readline())
+
+    @property
+    def received(self) -> int:
+        """Request-body bytes the emulator has read so far (what clients uploaded, over every connection)."""
+        self._proc.stdin.write("received\n")
         self._proc.stdin.flush()
         return json.loads(self._proc.stdout.readline())
 

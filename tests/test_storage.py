@@ -101,6 +101,35 @@ def test_object_append_is_buffered_until_its_interval(gcs):
     assert storage.read_bytes(path) == b"one\ntwo\nthree\n"
 
 
+def test_telemetry_upload_on_gs_is_linear_in_run_length(gcs):
+    """40 flushes of one same-sized event each: every flush uploads that event's bytes plus a fixed overhead (the
+    temporary object's headers, the compose request), as measured by the emulator's count of request-body bytes.
+    A whole-object rewrite per flush would upload 1 + 2 + ... + 40 events' bytes: 20.5 times the run's size."""
+    run_dir = f"gs://{BUCKET}/linear-{uuid.uuid4().hex[:8]}"
+    stream = telemetry.EventStream(run_dir, host=0)
+    stream.emit("run", step=0, phase="start")
+    stream.flush()  # the object exists: every later flush appends
+    path = storage.join(run_dir, "telemetry.jsonl")
+    sent, sizes = [], [storage.read_range(path, 0)[0]]
+    for step in range(40):
+        before = gcs.received
+        stream.emit("step", step=1000 + step, loss=0.5, note="x" * 1000)
+        stream.flush()
+        sent.append(gcs.received - before)
+        sizes.append(storage.read_range(path, 0)[0])
+    stream.close()
+    added = [b - a for a, b in zip(sizes, sizes[1:])]  # the bytes each flush added to the object (one event)
+    assert all(1000 < a < 1200 for a in added), added
+    overheads = [s - a for s, a in zip(sent, added)]
+    assert all(0 <= o < 1024 for o in overheads), overheads  # the new bytes, plus a constant
+    assert max(sent[-10:]) <= min(sent[:10]) + 64, sent  # the 40th flush costs what the 1st did
+    rewrite = sum(sizes[1:])  # what rewriting the whole object at every flush would upload
+    assert sum(sent) <= sizes[-1] + 40 * 1024 < rewrite / 10, (sum(sent), rewrite)
+    events, skipped = telemetry.read_events(run_dir)
+    assert [e["step"] for e in events] == [0] + list(range(1000, 1040)) and skipped == 0
+    assert storage.listdir(run_dir) == ["telemetry.jsonl"]  # no temporary object left behind
+
+
 def test_url_without_tensorflow_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # import tensorflow -> ImportError
     with pytest.raises(ImportError, match="pip install tensorflow-cpu"):
