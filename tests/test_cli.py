@@ -1,4 +1,5 @@
-"""labkit.cli: `labkit info` and `labkit demo` as a user runs them (fresh processes)."""
+"""labkit.cli: `labkit info` and `labkit demo` as a user runs them (fresh processes); every entry point joins a
+multi-host job before any JAX backend exists."""
 import json
 import subprocess
 import sys
@@ -191,7 +192,6 @@ def _assert_started_first(name, seen):
 
 
 def test_cli_commands_join_the_job_before_any_backend(tmp_path):
-    from labkit.cli import main  # noqa: F401  (the probes import it themselves)
     run = "from labkit.cli import main; main({})"
     seen = probe_entry_points({
         "labkit info": run.format(["info"]),

@@ -449,7 +449,8 @@ def test_slurm_gpus_per_process(init_calls, monkeypatch, tasks_per_node, gpus, m
 def test_one_process_per_gpu_refuses_more_processes_than_gpus(init_calls, monkeypatch):
     from labkit.mesh import initialize_multihost
     _set(monkeypatch, _srun_env(16, 9, 8, nodes=2) | {"CUDA_VISIBLE_DEVICES": "0,1,2,3"})  # local rank 1
-    assert initialize_multihost() is not None
+    initialize_multihost()
+    assert init_calls == [{"num_processes": 16, "local_device_ids": [1]}]
     _set(monkeypatch, _srun_env(16, 13, 8, nodes=2))  # local rank 5 of 4 visible GPUs
     with pytest.raises(ValueError, match="local process 5 and 4 GPUs are visible"):
         initialize_multihost()
@@ -464,7 +465,7 @@ def test_open_mpi_one_process_per_host(init_calls, monkeypatch):
     _set(monkeypatch, {"OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.96.0.1:34911", "OMPI_COMM_WORLD_SIZE": "2",
                        "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_RANK": "0",
                        "OMPI_COMM_WORLD_LOCAL_SIZE": "1", "CUDA_VISIBLE_DEVICES": "0,1,2,3"})
-    assert initialize_multihost() is not None
+    initialize_multihost()
     assert init_calls == [{"num_processes": 2, "local_device_ids": [0, 1, 2, 3]}]
 
 
