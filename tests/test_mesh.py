@@ -6,7 +6,7 @@ import pytest
 from tests.conftest import GROUPS, SHAPES
 from jax.sharding import PartitionSpec as P
 
-from labkit.mesh import Topology, _device_grid, allowed_bn_groups, device_plan, plan_devices, simulate_devices
+from labkit.mesh import Topology, allowed_bn_groups, device_plan, plan_devices, simulate_devices
 
 
 def _expected_groups(shape, g):
@@ -475,7 +475,7 @@ def test_tpu_vm_slices(init_calls, monkeypatch):
     stand-in answers as the metadata server would) join, and JAX keeps every chip (no local_device_ids)."""
     from jax._src.clusters import cloud_tpu_cluster
     from labkit.mesh import initialize_multihost
-    monkeypatch.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", True)  # what jax's cloud_tpu_init sets on a TPU VM
+    monkeypatch.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", True)  # jax's cloud_tpu_init on a TPU VM
     monkeypatch.setenv("TPU_SKIP_MDS_QUERY", "1")  # GKE: no GCE metadata
     monkeypatch.setattr(cloud_tpu_cluster, "get_tpu_env_value", lambda key: None)
     monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")
