@@ -184,6 +184,7 @@ def initialize_multihost(coordinator_address: str | None = None, num_processes: 
     launcher starts it. ``"all"``: one process per host with every local GPU (JAX's detection alone would pin
     one GPU per process and leave the rest idle); ``"one"``: one process per GPU (``srun --ntasks-per-node=8``);
     ``"auto"``: ``"all"`` when the launcher started one process on this host, else ``"one"``. TPUs: JAX's own.
+    A ``JAX_LOCAL_DEVICE_IDS`` set by the user is left to JAX, which reads it.
     """
     mode = (local_devices or os.environ.get("LABKIT_LOCAL_DEVICES", "").strip() or "auto").lower()
     if mode not in _LOCAL_DEVICES:
@@ -298,9 +299,10 @@ def _local_process_count() -> int | None:
 
 
 def _local_device_ids(mode: str, cluster) -> list[int] | None:
-    """``local_device_ids`` for ``jax.distributed.initialize``; None leaves JAX's own choice (TPUs, CPUs)."""
+    """``local_device_ids`` for ``jax.distributed.initialize``; None leaves JAX's own choice (TPUs, CPUs, or the
+    user's own ``JAX_LOCAL_DEVICE_IDS``)."""
     gpus = _visible_gpus()
-    if not gpus:
+    if not gpus or os.environ.get("JAX_LOCAL_DEVICE_IDS", "").strip():
         return None
     if mode == "auto":
         local = _local_process_count()
@@ -314,7 +316,8 @@ def _local_device_ids(mode: str, cluster) -> list[int] | None:
     rank = cluster.get_local_process_id() if cluster is not None else None
     if rank is None:
         raise ValueError("LABKIT_LOCAL_DEVICES: 'one' (one process per GPU) needs a launcher that numbers the "
-                         "processes of a host (SLURM, Open MPI); got none; allowed values here: 'all', 'auto'")
+                         "processes of a host (SLURM, Open MPI), and none does here; allowed values here: 'all', "
+                         "'auto' (or give each process its GPU with JAX_LOCAL_DEVICE_IDS)")
     if rank >= gpus:
         raise ValueError(f"LABKIT_LOCAL_DEVICES: 'one' gives each process one GPU, but this is local process "
                          f"{rank} and {gpus} GPUs are visible; start at most {gpus} processes per host, or "

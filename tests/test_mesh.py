@@ -501,8 +501,13 @@ def test_manual_start_keeps_every_gpu(init_calls, monkeypatch):
     _set(monkeypatch, {"LABKIT_COORDINATOR": "10.0.0.2:1234", "LABKIT_NUM_PROCESSES": "2",
                        "LABKIT_PROCESS_ID": "1", "CUDA_VISIBLE_DEVICES": "0,1"})
     initialize_multihost()
-    assert init_calls == [{"coordinator_address": "10.0.0.2:1234", "num_processes": 2, "process_id": 1,
-                           "local_device_ids": [0, 1]}]
+    manual = {"coordinator_address": "10.0.0.2:1234", "num_processes": 2, "process_id": 1}
+    assert init_calls == [manual | {"local_device_ids": [0, 1]}]
+    with pytest.raises(ValueError, match="'one' .* needs a launcher .* JAX_LOCAL_DEVICE_IDS"):
+        initialize_multihost(local_devices="one")
+    monkeypatch.setenv("JAX_LOCAL_DEVICE_IDS", "1")  # the user's own choice, which JAX reads: left to it
+    initialize_multihost(local_devices="one")
+    assert init_calls[1:] == [manual | {"local_device_ids": None}]
 
 
 def test_a_notebook_pod_on_kubernetes_joins_nothing_quietly(init_calls, monkeypatch):
