@@ -203,7 +203,7 @@ def _records(files, switches: Switches, counter, host, num_hosts, *, train: bool
 
 
 def _decode_all(ds, decode, size, switches: Switches, counter, keys, label_offset, num_classes, *, train,
-                deterministic: bool = False, count=None):
+                deterministic: bool = False, count=None, keep_index: bool = False):
     """Parse+decode each ``(record, index)``; any error turns it into a marked bad element, counted and dropped.
 
     ``decode(image_bytes, index)``: the index (position in the stream) seeds stateless augmentation.
@@ -238,6 +238,8 @@ def _decode_all(ds, decode, size, switches: Switches, counter, keys, label_offse
         with tf.control_dependencies([count(tf.logical_not(ok), index), check]):
             return tf.identity(ok)
 
+    if keep_index:  # the record's position in the stream rides along (a random-access stream's position)
+        return ds.filter(keep)
     return ds.filter(keep).map(lambda image, label, ok, _index: (image, label, ok))
 
 
@@ -258,7 +260,8 @@ def _finish(ds, batch_size, switches: Switches, threads, *, train: bool, determi
     else:
         ds = ds.batch(batch_size, drop_remainder=True)
     keys = ("image", "label", "mask")
-    ds = ds.map(lambda *t: dict(zip(keys, t)) if not train else dict(zip(keys[:2], t[:2])))
+    ds = ds.map(lambda *t: dict(zip(keys, t)) if not train else
+                dict(zip(keys[:2], t[:2]), **({"record": t[3]} if len(t) == 4 else {})))
     if switches.prefetch:
         ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
@@ -292,7 +295,8 @@ def train_dataset(data, batch_size: int, *, image_size: int = 224, split: str = 
                   num_epochs: int | None = None, process_index: int | None = None, process_count: int | None = None,
                   cycle_length: int = 64, shuffle_buffer: int = 16384, threads: int | None = None,
                   skip_counter: SkipCounter | None = None, seed: int | None = None, deterministic: bool = False,
-                  crop_area: tuple[float, float] = preprocess.AREA_RANGE):
+                  crop_area: tuple[float, float] = preprocess.AREA_RANGE, random_access: bool = False,
+                  start_record: int = 0):
     """Host-local training batches ``{"image": [B,S,S,3] bf16|f32 0..255, "label": [B] int32}``.
 
     ``data``: a directory of ImageNet-schema shards, a glob, ``"digits"``/``"photos"``, or ``"tfds:NAME"``.
@@ -305,6 +309,13 @@ def train_dataset(data, batch_size: int, *, image_size: int = 224, split: str = 
     seed alone (what an exactly resumable run needs; slightly slower). Default: the paper's free order.
     ``crop_area``: the random crop's share of the image area (the paper's (0.08, 1.0) by default; small
     images such as 32x32 digits train better with a milder crop).
+    ``random_access`` (needs ``seed``; implies ``deterministic``): this host's raw records are read into RAM once
+    (what ``cache`` keeps) and the stream is a pure function of its position: stream element ``i`` is record
+    ``index_shuffle(i mod N)`` of a permutation seeded by (seed, host, epoch ``i // N``): a full shuffle of each
+    epoch instead of a ``shuffle_buffer``-record window. Each batch then carries ``"record"`` ([B] int64, the
+    stream positions of its images), and ``start_record`` starts the stream there: a resume needs one number, not
+    the buffers a tf.data iterator checkpoint would hold (TensorFlow 2.21 keeps the shuffle buffer even with
+    ``experimental_symbolic_checkpoint``, and refuses it for ``cache`` and ``ignore_errors``).
     """
     tf = import_tf()
     files, keys, label_offset, num_classes, host, n, counter = _setup(
@@ -314,11 +325,18 @@ def train_dataset(data, batch_size: int, *, image_size: int = 224, split: str = 
             raise ValueError(f"train: {len(files)} files cannot be split over {n} hosts; write at least {n} "
                              "shards or use Switches(shard_files=False)")
         files = files[host::n]
-    ds = _records(files, switches, counter, host, n, train=True, cycle_length=cycle_length, seed=seed,
-                  deterministic=deterministic)
-    if switches.shuffle:
-        ds = ds.shuffle(shuffle_buffer, seed=None if seed is None else seed + 1)
-    ds = ds.repeat(num_epochs).enumerate().map(lambda i, r: (r, i))  # position: seeds stateless augmentation
+    if random_access:
+        if seed is None:
+            raise ValueError("train: random_access=True needs a seed (the order is a function of seed and position)")
+        deterministic = True
+        ds = _random_access_records(files, switches, counter, host, n, cycle_length=cycle_length, seed=seed,
+                                    num_epochs=num_epochs, start=start_record)
+    else:
+        ds = _records(files, switches, counter, host, n, train=True, cycle_length=cycle_length, seed=seed,
+                      deterministic=deterministic)
+        if switches.shuffle:
+            ds = ds.shuffle(shuffle_buffer, seed=None if seed is None else seed + 1)
+        ds = ds.repeat(num_epochs).enumerate().map(lambda i, r: (r, i))  # position: seeds stateless augmentation
 
     def decode(image_bytes, index):
         # (seed, host, position): image i gets its own crop and flip on every host.
@@ -334,10 +352,34 @@ def train_dataset(data, batch_size: int, *, image_size: int = 224, split: str = 
         return tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
 
     ds = _decode_all(ds, decode, image_size, switches, counter, keys, label_offset, num_classes, train=True,
-                     deterministic=deterministic)
+                     deterministic=deterministic, keep_index=random_access)
     ds = _finish(ds, batch_size, switches, threads, train=True, deterministic=deterministic)
-    ds.skip_counter = counter
+    ds.skip_counter, ds.random_access = counter, random_access
     return ds
+
+
+def _random_access_records(files, switches: Switches, counter, host, num_hosts, *, cycle_length, seed, num_epochs,
+                           start):
+    """``(record, position)`` from stream position ``start`` on, each a function of (seed, host, position) alone.
+
+    The records are read once, in file order (a cut-short file is counted here, once), and held in RAM."""
+    tf = import_tf()
+    once = dataclasses.replace(switches, cache=False, shuffle=False)
+    records = list(_records(files, once, counter, host, num_hosts, train=True, cycle_length=cycle_length,
+                            deterministic=True).as_numpy_iterator())
+    if not records:
+        raise ValueError(f"train: the {len(files)} file(s) of this host hold no readable records")
+    table, n = tf.constant(records, tf.string), len(records)
+    stop = tf.int64.max if num_epochs is None else num_epochs * n
+
+    def at(i):
+        j = i % n
+        if switches.shuffle:  # a permutation of the epoch, seeded by (seed, host, epoch): no buffer to keep
+            key = tf.random.experimental.stateless_fold_in(tf.constant([seed + 1, host], tf.int64), i // n)
+            j = tf.random.experimental.index_shuffle(j, key, n - 1)
+        return tf.gather(table, j), i
+
+    return tf.data.Dataset.range(int(start), stop).map(at)
 
 
 def eval_dataset(data, batch_size: int, *, image_size: int = 224, split: str = "validation",

@@ -7,11 +7,13 @@ Must not: implement pipeline stages (``labkit.data`` does) or touch the model.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import threading
 
 import jax
 
+from labkit import storage
 from labkit.config import Config, ConfigError
 from labkit.data._tf import import_tf
 from labkit.mesh import Topology
@@ -86,23 +88,31 @@ def create_train_iterator(config: Config, topo: Topology, info: DataInfo, *, sta
                                  num_classes=info.num_classes, seed=config.seed)
     from labkit.data import train_dataset
     per_host = config.global_batch // jax.process_count()
+    switches = _switches(config)
+    # Deterministic input over records held in RAM: the stream is a function of (seed, position), and a saved
+    # position is one number (no tf.data buffers). Without the cache: a tf.data iterator checkpoint.
+    random_access = config.deterministic and switches.cache
     saved = positions.at_or_before(start_step) if positions is not None else None
-    # With a saved position, or deterministic input, the stream depends on the seed alone. Otherwise (the pod
-    # presets resumed without a saved position): a fresh shuffle, seeded by the step.
+    # With a saved position, or deterministic input, the stream depends on the seed alone. Otherwise (a
+    # non-deterministic pipeline, such as the pod presets', whose order cannot be replayed exactly anyway): a
+    # fresh shuffle, seeded by the step.
     seed = config.seed if (config.deterministic or saved is not None) else config.seed + start_step
+    start_record = positions.record(saved) if random_access and saved is not None else 0
     ds = train_dataset(info.source, per_host, image_size=config.image_size, num_classes=info.num_classes,
                        label_offset=_label_offset(config), seed=seed, deterministic=config.deterministic,
-                       crop_area=(config.crop_area_min, 1.0),
-                       switches=_switches(config))
+                       crop_area=(config.crop_area_min, 1.0), switches=switches, random_access=random_access,
+                       start_record=start_record)
     counter = ds.skip_counter
     if positions is not None:
         if saved is None and not config.deterministic:  # a fresh shuffle: nothing to replay
             source = positions.source(ds, start_step)
         else:  # restore the saved position (none: from the start), then read the few batches up to start_step
-            source = positions.source(ds, saved or 0, restore=saved is not None)
+            source = positions.source(ds, saved or 0, restore=saved is not None, start_record=start_record)
             for _ in range(start_step - source.position):  # at most one save interval (all of them: no save)
                 next(source)
     else:
+        if getattr(ds, "random_access", False):  # the record positions are for saving; nothing saves them here
+            ds = ds.map(lambda batch: {k: v for k, v in batch.items() if k != "record"})
         source = ds.skip(start_step) if start_step and config.deterministic else ds
     # K steps per host call take K batches at once, right after a host point (when the device is idle): a queue
     # shallower than K would make every window wait for K - depth batches, so the depth is at least K.
@@ -112,7 +122,9 @@ def create_train_iterator(config: Config, topo: Topology, info: DataInfo, *, sta
 
 
 class InputPositions:
-    """Saved tf.data iterator positions of one run: ``DIR/<step>/host<i>`` (tf.train.Checkpoint; gs:// works).
+    """Saved input positions of one run: ``DIR/<step>/host<i>.json`` (a random-access stream: the next record's
+    position, one number) or ``DIR/<step>/host<i>.*`` (a tf.data iterator checkpoint, for input without the record
+    cache: it holds the shuffle buffer). gs:// works.
 
     ``wanted(step)`` says where to save (the loop's checkpoint steps). The prefetch thread saves the position
     *before* it reads the batch of a wanted step, so a checkpoint at that step resumes with no batch read twice.
@@ -134,11 +146,22 @@ class InputPositions:
 
     def at_or_before(self, step: int) -> int | None:
         tf = import_tf()
-        found = [s for s in self._saved if s <= step and tf.io.gfile.exists(self._prefix(s) + ".index")]
+        found = [s for s in self._saved if s <= step and (tf.io.gfile.exists(self._prefix(s) + ".json")
+                                                          or tf.io.gfile.exists(self._prefix(s) + ".index"))]
         return max(found) if found else None
 
-    def source(self, ds, position: int, restore: bool = False) -> "_PositionedSource":
-        return _PositionedSource(self, ds, position, restore=restore)
+    def record(self, step: int) -> int:
+        """The stream position (next record) saved at ``step`` by a random-access source."""
+        path = self._prefix(step) + ".json"
+        try:
+            return int(json.loads(storage.read_text(path))["record"])
+        except FileNotFoundError:
+            raise FileNotFoundError(f"input position: {path!r} does not exist; the position saved at step {step} "
+                                    "is a tf.data iterator checkpoint (a run without the record cache), or "
+                                    "missing") from None
+
+    def source(self, ds, position: int, restore: bool = False, start_record: int = 0) -> "_PositionedSource":
+        return _PositionedSource(self, ds, position, restore=restore, start_record=start_record)
 
     def wait_for(self, step: int, timeout: float = 600.0) -> int | None:
         """The saved position a checkpoint at ``step`` resumes from (waits for ``step``'s own if it is wanted)."""
@@ -162,15 +185,23 @@ class InputPositions:
 
 
 class _PositionedSource:
-    """The tf.data iterator handed to the prefetch thread: counts batches and saves positions when wanted."""
+    """The input handed to the prefetch thread: counts batches and saves positions when wanted.
 
-    def __init__(self, positions: InputPositions, ds, position: int, restore: bool):
+    A random-access dataset (``train_dataset(random_access=True)``) saves the next record's position; any other
+    saves its tf.data iterator (``tf.train.Checkpoint``)."""
+
+    def __init__(self, positions: InputPositions, ds, position: int, restore: bool, start_record: int = 0):
+        self.positions, self.position = positions, position
+        self._random_access = bool(getattr(ds, "random_access", False))
+        self._next_record = start_record
+        if self._random_access:  # started at its position already: nothing to restore
+            self._iterator = ds.as_numpy_iterator()
+            return
         tf = import_tf()
         options = tf.data.Options()  # the skip counter is a variable: its value is not part of a position
         options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
         self._iterator = ds.with_options(options).as_numpy_iterator()
         self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
-        self.positions, self.position = positions, position
         if restore:
             self._checkpoint.read(positions._prefix(position)).assert_consumed()
 
@@ -179,9 +210,16 @@ class _PositionedSource:
 
     def __next__(self):
         if self.positions.wanted(self.position) and self.position not in self.positions._saved:
-            self._checkpoint.write(self.positions._prefix(self.position))
+            if self._random_access:
+                storage.makedirs(storage.dirname(self.positions._prefix(self.position)))
+                storage.write_text(self.positions._prefix(self.position) + ".json",
+                                   json.dumps({"record": self._next_record, "step": self.position}))
+            else:
+                self._checkpoint.write(self.positions._prefix(self.position))
             self.positions._record(self.position)
         batch = next(self._iterator)
+        if self._random_access:
+            self._next_record = int(batch.pop("record")[-1]) + 1  # in stream order: the last is the largest
         self.position += 1
         return batch
 

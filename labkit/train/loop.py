@@ -166,7 +166,9 @@ class _Run:
             self.log(f"the run in {self.workdir} already reached its target; nothing to train")
             return self._finish("target")
         end = self.total_steps if max_steps is None else min(self.total_steps, start + max_steps)
-        if self.info.source != "synthetic":
+        if self.info.source != "synthetic" and cfg.deterministic:
+            # Non-deterministic input cannot be replayed exactly: a resume starts a fresh shuffle seeded by the
+            # step instead of saving tf.data's buffers (the shuffle buffer: ~1.8 GB of ImageNet JPEGs per host).
             self.positions = InputPositions(
                 f"{self.workdir}/input_positions", keep=cfg.keep_checkpoints + 2,
                 wanted=lambda p: p > start and (p % self.ckpt_every == 0 or p % self.eval_every == 0 or p == end))

@@ -263,3 +263,24 @@ def test_tfds_reads_one_prepared_version_and_takes_sizes_from_its_metadata(tmp_p
     # Sizes come from dataset_info.json, not from reading the records (which a stated count would contradict).
     meta = _fake_tfds(tmp_path / "other", "1.0.0", [3, 2], first_label=0, recorded=[30, 20])
     assert tfrecords.count_records(sorted(str(p) for p in meta.glob("*.tfrecord-*"))) == [30, 20]
+
+
+def test_random_access_stream_is_each_epoch_a_permutation_and_a_function_of_position():
+    """``train_dataset(random_access=True)``'s record stream: every record exactly once per epoch (in a new order
+    each epoch), and started at any position it continues exactly as the stream from 0 does there."""
+    import tensorflow as tf
+    from labkit.data import pipeline
+    files = pipeline.resolve_files("digits", "train")[0]
+    raw = [r.numpy() for r in tf.data.TFRecordDataset(files)]  # the records, read independently
+    n = len(raw)
+
+    def stream(start, epochs=2):
+        ds = pipeline._random_access_records(files, pipeline.Switches(), pipeline.SkipCounter(), 0, 1,
+                                             cycle_length=8, seed=3, num_epochs=epochs, start=start)
+        return [(bytes(r), int(i)) for r, i in ds.as_numpy_iterator()]
+    got = stream(0)
+    assert [i for _, i in got] == list(range(2 * n))
+    first, second = [r for r, _ in got[:n]], [r for r, _ in got[n:]]
+    assert sorted(first) == sorted(raw) == sorted(second)  # a permutation of the records, each epoch
+    assert first != raw and first != second  # shuffled, and differently in each epoch
+    assert stream(n - 5)[:10] == got[n - 5:n + 5]  # from a position: the same elements, across the epoch edge

@@ -128,3 +128,61 @@ def test_k_steps_per_host_call_never_wait_on_a_queue_shallower_than_k(monkeypatc
     assert min(depths) >= 1 and iterator.input_bound_steps == 0, depths  # no pull found the queue empty
     assert depths[:k] == list(range(iterator.size, iterator.size - k, -1))  # all K were waiting at the call
     assert float(state) == pytest.approx(sum(range(1, 3 * k + 1)))  # every batch once, in order
+
+
+def _digits_times(directory, times: int) -> str:
+    """A TFRecord data set holding the digits training records ``times`` over (a cache ``times`` as large)."""
+    import tensorflow as tf
+    from labkit.data import tfrecords
+    from labkit.data.pipeline import resolve_files
+    records = [r.numpy() for r in tf.data.TFRecordDataset(resolve_files("digits", "train")[0])]
+    tfrecords.write_shards(directory, "train", records * times, 8, num_classes=10)
+    return str(directory)
+
+
+def _bytes_under(directory) -> int:
+    import os
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(directory) for f in files)
+
+
+def test_saved_input_position_does_not_grow_with_the_cache_and_resumes_exactly(tmp_path):
+    """The default input (deterministic, records cached in RAM) saves a position of one number, whatever the cache
+    holds: 1x and 4x the digits records. A tf.data iterator checkpoint of the buffered pipeline (measured beside
+    it) holds the cache and the shuffle buffer and grows with them. Resuming from the small position is exact."""
+    import tensorflow as tf
+    from labkit.data import train_dataset
+    topo = Topology.build(shape=(2, 4), bn_group=2)
+    saved, explicit = {}, {}
+    for times in (1, 4):
+        config = CONFIG.replace(dataset="tfrecords", data_dir=_digits_times(tmp_path / f"data{times}", times),
+                                num_classes=10)
+        info = describe_data(config)
+        assert info.train_images == 1497 * times
+        directory = tmp_path / f"positions{times}"
+        unbroken = create_train_iterator(config, topo, info, positions=InputPositions(
+            str(directory), wanted=lambda p: p == 5))
+        try:
+            expected = [_host(next(unbroken)) for _ in range(7)]
+        finally:
+            unbroken.close()
+        saved[times] = _bytes_under(directory)
+        resumed = create_train_iterator(config, topo, info, start_step=5, positions=InputPositions(str(directory)))
+        try:
+            for step in (5, 6):  # the saved position's own batch, then the next: exactly the unbroken ones
+                batch = _host(next(resumed))
+                for key in ("image", "label"):
+                    np.testing.assert_array_equal(batch[key], expected[step][key])
+        finally:
+            resumed.close()
+        # What the buffered pipeline's iterator checkpoint holds at the same point (after the cache filled).
+        ds = train_dataset(config.data_dir, 64, image_size=16, seed=0, deterministic=True, process_index=0,
+                           process_count=1, shuffle_buffer=256)
+        options = tf.data.Options()
+        options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+        iterator = ds.with_options(options).as_numpy_iterator()
+        for _ in range(1497 * times // 64 + 5):  # past the first epoch: the cache is complete
+            next(iterator)
+        tf.train.Checkpoint(iterator=iterator).write(str(tmp_path / f"explicit{times}" / "ckpt"))
+        explicit[times] = _bytes_under(tmp_path / f"explicit{times}")
+    assert saved[1] == saved[4] and saved[1] < 200, saved  # one JSON number per host, whatever the cache
+    assert explicit[4] > 3 * explicit[1] > 1_000_000, explicit  # what it replaces: the cache, and growing
