@@ -238,7 +238,10 @@ def _gcs_client():
             raise ImportError("labkit.storage: appending to a gs:// object (telemetry) composes it with "
                               "google-cloud-storage, which is not installed; install it: "
                               "pip install 'google-cloud-storage>=3,<4' (labkit's own install does)") from None
-        _CLIENT = gcs.Client()  # credentials as Orbax's gs:// checkpoints use them (application default)
+        try:  # credentials as Orbax's gs:// checkpoints use them (application default)
+            _CLIENT = gcs.Client()
+        except OSError:  # no default project (e.g. user credentials): object calls need none
+            _CLIENT = gcs.Client(project=None)
     return _CLIENT
 
 

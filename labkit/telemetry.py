@@ -3,8 +3,8 @@
 Owns event records, their sinks (a thread-safe in-memory ring buffer and an append-only JSONL file per host),
 and readers that follow a file live while another process writes it. Emitting never blocks on I/O: JSON encoding
 and writing happen on a background thread. Files go through ``labkit.storage``, so a run directory may be a
-``gs://`` URL: there the file is rewritten every ``storage.APPEND_INTERVAL_S`` seconds (objects cannot be
-appended to) and on ``flush``/``close``. Must not: compute statistics, or reach into training internals.
+``gs://`` URL: there what was emitted is uploaded every ``storage.APPEND_INTERVAL_S`` seconds and on
+``flush``/``close`` (only the new bytes, composed onto the object: upload linear in run length). Must not: compute statistics, or reach into training internals.
 
 Event record: ``{"kind": str, "time": unix seconds, "step": int | None, "host": process index, "seq": n, ...}``.
 """
