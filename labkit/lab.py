@@ -53,7 +53,9 @@ def setup(cpu_devices: int | None = None) -> Env:
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from labkit.mesh import device_plan, initialize_multihost, simulate_devices
+    from labkit.train.overlap import enable_latency_hiding
     simulate_devices(cpu_devices or int(os.environ.get("LABKIT_CPU_DEVICES", 8)))
+    enable_latency_hiding()  # XLA reads its flags when the GPU client starts: before any backend use
     initialize_multihost()
     import jax
     try:
