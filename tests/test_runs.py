@@ -33,6 +33,20 @@ def test_config_from_notebook_globals():
     assert cfg.bn_group == 4 and cfg.allreduce == "torus2d"
 
 
+def test_no_preset_trains_on_the_chip_with_one_accelerator_and_cpu8_digits_on_cpu(monkeypatch):
+    # LABKIT_COMPUTE_DEVICES=1 is labkit's documented rehearsal of the one-accelerator plan (README, device plan):
+    # the first CPU device plays the chip, the mesh lessons stay on the simulated devices.
+    monkeypatch.delenv("LABKIT_COMPUTE_DEVICES", raising=False)
+    assert config_from_parameters(None, {}) == config_from_parameters("cpu8-digits", {})
+    monkeypatch.setenv("LABKIT_COMPUTE_DEVICES", "1")
+    on_chip = config_from_parameters(None, {"bn_group": None})
+    assert on_chip == config_from_parameters("colab", {})
+    assert (on_chip.shape, on_chip.bn_group) == ("1x1", 1)  # one replica: the chip, not the 8 simulated devices
+    nb = nbformat.read(DEFAULT_NOTEBOOK, as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assert "\npreset = None" in "\n" + params.source  # 04 names no preset: the plan decides
+
+
 def test_notebook_parameters_cell_exposes_every_config_key():
     from labkit.config import Config
     nb = nbformat.read(DEFAULT_NOTEBOOK, as_version=4)
