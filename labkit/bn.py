@@ -64,8 +64,8 @@ class DistributedBatchNorm(nn.Module):
     so the transposed program sums their two cotangent vectors in one collective. ``"two_pass"``: the mean's
     collective, then the squared deviations' (2 forward, 3 backward). ``"fast"``: E[x^2] - E[x]^2 from one
     collective (float32 loses it: 58% error at mean/std 300, and a variance clamped to 0 multiplies the output
-    by ~316). Default "chan": as accurate as two_pass, with the fewest collectives (BENCHMARKS.md, "BN
-    variance"). ``use_fast_variance=True`` (flax's flag) means ``"fast"``.
+    by ~316). Default "chan": as accurate as two_pass, with the fewest collectives (BENCHMARKS.md, "Distributed
+    BN: one collective a layer each way"). ``use_fast_variance=True`` (flax's flag) means ``"fast"``.
     """
     use_running_average: bool | None = None
     axis: int = -1
