@@ -28,3 +28,19 @@ def test_flops_come_from_the_compiled_program():
     compiled = jax.jit(lambda x, y: x @ y).lower(a, b).compile()
     assert step_flops(compiled.cost_analysis()) == pytest.approx(2 * 64 * 128 * 32, rel=0.01)
     assert step_flops(None) is None and step_flops({"flops": 0.0}) is None
+
+
+@pytest.mark.parametrize("algorithm", ["xla", "ring", "torus2d_bidir_links"])
+def test_allreduce_timer_runs_every_algorithm(algorithm):
+    """The in-training timer compiles and runs link-level reducers too (their sums are typed per-replica, which
+    an out_specs=P() timer rejected); payload and bus bandwidth follow nccl-tests' definitions."""
+    import numpy as np
+    from labkit.collectives import make_reducer
+    from labkit.mesh import Topology
+    from labkit.train.measure import make_allreduce_timer
+    topo = Topology.build(shape=(2, 4), bn_group=2)
+    params = {"w": np.zeros((3, 5), np.float32), "b": np.zeros((7,), np.float32)}
+    got = make_allreduce_timer(make_reducer(topo, algorithm), params, topo, repeats=2)()
+    assert got["bytes"] == 4 * (15 + 7) and got["time_s"] > 0
+    assert got["algbw"] == pytest.approx(got["bytes"] / got["time_s"])
+    assert got["busbw"] == pytest.approx(got["algbw"] * 2 * 7 / 8)
