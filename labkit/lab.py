@@ -323,7 +323,7 @@ def pod_projection(*, chip_images_per_s: float, epochs: float, bn_group: int = 8
 
     BN: every BN layer (``bn_channels``, default ``resnet50_bn_layers()``) does, per step, the collectives of
     ``bn_layer`` (``bn_collectives``' traced forward + backward of one layer, scaled to each layer's channels;
-    default: forward one psum of (sum, sum of squares), backward two psums of one vector each), each a ring
+    default: forward one all-gather of each member's (mean, M2), backward one psum of 2 values a channel), each a ring
     over the ``bn_group`` neighbouring chips of a row (pod link latency and bandwidth, fp32, no wrap-around).
     ``input_s``: input wait per step (0 = the pipeline keeps up), or ``input_share``: the fraction of a step
     spent waiting for input (e.g. ``labkit.profile``'s ``fractions["input_wait"]``), kept as that share of the new step.
@@ -336,12 +336,12 @@ def pod_projection(*, chip_images_per_s: float, epochs: float, bn_group: int = 8
     line = costmodel.Link(pod.y.alpha_s, pod.y.bandwidth, wraparound=False)  # g neighbours of a row: no wrap
     ring = costmodel.Network("bn-group", (1, bn_group), line, line)
     channels = resnet50_bn_layers() if bn_channels is None else bn_channels
-    if bn_layer is None:
-        per_channel = [2.0, 1.0, 1.0]
-    else:  # bytes per channel of each traced collective of one layer
-        per_channel = [c["bytes"] / 4 / bn_layer["channels"] for c in bn_layer["forward"] + bn_layer["backward"]]
-    bn_s = sum(costmodel.predict(ring, "ring", 4 * floats * c, directions=directions).time_s
-               for c in channels for floats in per_channel)
+    if bn_layer is None:  # DistributedBatchNorm's default form, as the cost model counts it
+        bn_s = costmodel.predict_bn(ring, channels, "chan", directions=directions).time_s
+    else:  # each traced collective of one layer (all-gather or psum), its bytes scaled to each layer's channels
+        bn_s = sum(costmodel.predict_collective(ring, c["primitive"], c["bytes"] * ch / bn_layer["channels"],
+                                                directions=directions).time_s
+                   for ch in channels for c in bn_layer["forward"] + bn_layer["backward"])
     measured_step_s = global_batch / costmodel.MLPERF_V06_1024["images_per_s"]
     rows = costmodel.project_resnet50(pod, algorithms, bytes_per_param=bytes_per_param, directions=directions,
                                       chip_images_per_s=chip_images_per_s, global_batch=global_batch,
