@@ -229,9 +229,10 @@ def open_append(path, *, interval_s: float = APPEND_INTERVAL_S):
 
 
 def _gcs_client():
-    """A google-cloud-storage client (Cloud Storage's compose is not in tf.io.gfile); one per process."""
-    global _CLIENT
-    if _CLIENT is None:
+    """A google-cloud-storage client (Cloud Storage's compose is not in tf.io.gfile), one per endpoint setting:
+    the client reads ``STORAGE_EMULATOR_HOST`` when it is made, so a changed endpoint gets a new client."""
+    key = (os.environ.get("STORAGE_EMULATOR_HOST"), os.environ.get("API_ENDPOINT_OVERRIDE"))
+    if key not in _CLIENTS:
         try:
             from google.cloud import storage as gcs
         except ImportError:
@@ -239,13 +240,13 @@ def _gcs_client():
                               "google-cloud-storage, which is not installed; install it: "
                               "pip install 'google-cloud-storage>=3,<4' (labkit's own install does)") from None
         try:  # credentials as Orbax's gs:// checkpoints use them (application default)
-            _CLIENT = gcs.Client()
+            _CLIENTS[key] = gcs.Client()
         except OSError:  # no default project (e.g. user credentials): object calls need none
-            _CLIENT = gcs.Client(project=None)
-    return _CLIENT
+            _CLIENTS[key] = gcs.Client(project=None)
+    return _CLIENTS[key]
 
 
-_CLIENT = None
+_CLIENTS: dict = {}
 
 
 def _split_gs(path: str) -> tuple[str, str]:
