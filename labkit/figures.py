@@ -17,6 +17,9 @@ __all__ = ["Plot", "torus_groups", "bn_noise", "input_ladder", "feed_demo", "col
            "torus_phases", "training_curves", "pod_projection", "step_breakdown"]
 
 _COLORS = ["#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb", "#000000"]
+_STEP_COLORS = {"compute": _COLORS[0], "bn_collectives": _COLORS[1], "gradient_allreduce": _COLORS[2],
+                "other_collectives": _COLORS[3], "unattributed": _COLORS[6], "input_wait": _COLORS[4],
+                "host": _COLORS[5]}
 
 
 class Plot:
@@ -228,7 +231,8 @@ def step_breakdown(breakdown: dict, *, label: str = "") -> Plot:
     for k, (cat, sec) in enumerate(breakdown["seconds"].items()):
         if sec <= 0:
             continue
-        ax.barh([0], [sec * 1e3], left=left, color=_COLORS[k % len(_COLORS)],
+        color = _STEP_COLORS.get(cat, _COLORS[k % len(_COLORS)])  # a category keeps its colour across figures
+        ax.barh([0], [sec * 1e3], left=left, color=color,
                 label=f"{cat} {breakdown['fractions'][cat]:.0%}")
         left += sec * 1e3
     ax.set_yticks([]), ax.set_xlabel("ms per step (mean over the traced steps)")

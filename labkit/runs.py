@@ -271,7 +271,7 @@ def _append_index(path: str, row: dict) -> None:
     if new:
         writer.writeheader()
     writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in INDEX_COLUMNS})
-    with storage.open_append(path) as f:  # local: append; gs://: the object rewritten with the new row
+    with storage.open_append(path) as f:  # local: append; gs://: the new row composed onto the object
         f.write(text.getvalue().encode("utf-8"))
 
 

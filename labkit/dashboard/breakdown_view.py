@@ -20,9 +20,11 @@ from labkit.dashboard.style import colors, new_figure, note, outside_legend, plo
 __all__ = ["BreakdownView", "breakdown_view", "CATEGORIES"]
 
 # The categories of labkit.profile.CATEGORIES, in the same order (not imported: dashboards read telemetry only).
-CATEGORIES = ("compute", "bn_collectives", "gradient_allreduce", "other_collectives", "input_wait", "host")
+CATEGORIES = ("compute", "bn_collectives", "gradient_allreduce", "other_collectives", "unattributed", "input_wait",
+              "host")
 _LABELS = {"compute": "compute", "bn_collectives": "BN collectives", "gradient_allreduce": "gradient all-reduce",
-           "other_collectives": "other collectives", "input_wait": "input wait", "host": "host"}
+           "other_collectives": "other collectives", "unattributed": "unattributed device time",
+           "input_wait": "input wait", "host": "host"}
 
 
 class BreakdownView:

@@ -7,7 +7,7 @@ from labkit.dashboard.breakdown_view import CATEGORIES, breakdown_view
 
 
 def _breakdown(scale):
-    seconds = {c: scale * (k + 1) * 1e-3 for k, c in enumerate(CATEGORIES)}  # 1, 2, ... 6 ms times scale
+    seconds = {c: scale * (k + 1) * 1e-3 for k, c in enumerate(CATEGORIES)}  # 1, 2, ... 7 ms times scale
     total = sum(seconds.values())
     return {"step_s": total, "seconds": seconds, "fractions": {c: v / total for c, v in seconds.items()},
             "model": "resnet_tiny", "global_batch": 64, "bn_group": 2, "allreduce": "torus2d", "simulated": True}
@@ -28,9 +28,9 @@ def test_overview_shows_each_breakdown_as_a_stacked_bar():
     assert data["label"] == ["#1 resnet_tiny batch 64 g=2 torus2d", "#2 resnet_tiny batch 64 g=8 torus2d"]
     for k, c in enumerate(CATEGORIES):
         assert data[c] == pytest.approx([(k + 1) * 1.0, (k + 1) * 2.0])
-    assert data["step_ms"] == pytest.approx([21.0, 42.0])
+    assert data["step_ms"] == pytest.approx([28.0, 56.0])
     assert not view._waiting.visible and "(simulation)" in view.fig.title.text
-    assert "42.00 ms per step" in view.readout.object and "host 29%" in view.readout.object  # 6/21
+    assert "56.00 ms per step" in view.readout.object and "host 25%" in view.readout.object  # 7/28
 
 
 def test_breakdown_view_alone_reads_a_run_directory(tmp_path):
