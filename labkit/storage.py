@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import builtins
 import glob as _glob
+import logging
 import os
 import posixpath
 import shutil
@@ -239,14 +240,28 @@ def _gcs_client():
             raise ImportError("labkit.storage: appending to a gs:// object (telemetry) composes it with "
                               "google-cloud-storage, which is not installed; install it: "
                               "pip install 'google-cloud-storage>=3,<4' (labkit's own install does)") from None
-        try:  # credentials as Orbax's gs:// checkpoints use them (application default)
-            _CLIENTS[key] = gcs.Client()
-        except OSError:  # no default project (e.g. user credentials): object calls need none
-            _CLIENTS[key] = gcs.Client(project=None)
+        _CLIENTS[key] = _new_client(gcs)
     return _CLIENTS[key]
 
 
+def _new_client(gcs):
+    """Application-default credentials, as Orbax's gs:// checkpoints use them; without any (a laptop that never ran
+    ``gcloud auth application-default login``) an anonymous client, which reads public buckets (e.g. a shared data
+    set) and is refused, with Cloud Storage's 401, on writes and private objects."""
+    from google.auth import exceptions as auth_errors
+    try:
+        return gcs.Client()
+    except OSError:  # no default project (e.g. user credentials): object calls need none
+        return gcs.Client(project=None)
+    except auth_errors.DefaultCredentialsError as e:
+        _log.warning("labkit.storage: no Google Cloud credentials (%s); reading gs:// anonymously (public objects "
+                     "only). For private buckets and writes run: gcloud auth application-default login",
+                     str(e).splitlines()[0])
+        return gcs.Client.create_anonymous_client()
+
+
 _CLIENTS: dict = {}
+_log = logging.getLogger(__name__)
 
 
 def _split_gs(path: str) -> tuple[str, str]:

@@ -217,3 +217,27 @@ def test_tfrecord_shards_on_gs_listed_counted_and_read(gcs):
         tfrecords.list_files(data_dir, "validation")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         tfrecords.list_files(data_dir + "-missing", "train")
+
+
+def test_gs_read_without_credentials_falls_back_to_anonymous(gcs, monkeypatch, caplog):
+    """A laptop with no Google credentials still reads a public gs:// object, and is told how to log in.
+
+    No credentials is modelled as google-auth documents it: ``google.auth.default()`` raises
+    ``DefaultCredentialsError`` when GOOGLE_APPLICATION_CREDENTIALS names no file and no gcloud ADC or metadata
+    server exists (https://googleapis.dev/python/google-auth/latest/reference/google.auth.html#google.auth.default).
+    Without STORAGE_EMULATOR_HOST the client talks to storage.googleapis.com itself; the fixture's TLS front
+    answers for that host, so the request really leaves the client as it would for a user."""
+    import google.auth.credentials
+
+    path = f"gs://{BUCKET}/public-{uuid.uuid4().hex[:8]}/labels.txt"
+    storage.write_bytes(path, b"cat\ndog\n")  # written by the emulator-authorised client (the publisher)
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST")
+    monkeypatch.delenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/adc.json")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", gcs.env["CURL_CA_BUNDLE"])
+    monkeypatch.setattr(storage, "_CLIENTS", {})
+    with caplog.at_level("WARNING", logger="labkit.storage"):
+        assert storage.read_bytes(path) == b"cat\ndog\n"
+    client = storage._gcs_client()
+    assert isinstance(client._credentials, google.auth.credentials.AnonymousCredentials)
+    assert "gcloud auth application-default login" in caplog.text
