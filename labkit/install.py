@@ -212,28 +212,56 @@ def _plan(installed: dict[str, str], tf_importable: bool) -> tuple[list[str], li
 
 
 def _modules_of(names) -> dict[str, set[str]]:
-    """Top-level import names of each installed distribution in ``names`` (from their RECORD files)."""
+    """The dotted module names each installed distribution in ``names`` provides (from its RECORD file).
+
+    Full names, not top-level ones: a namespace package such as ``google`` is shared by google-auth, protobuf,
+    google-cloud-storage and Colab's own ``google.colab``, so a changed google-cloud-storage must not count as
+    stale just because the kernel imported ``google.colab``."""
     found: dict[str, set[str]] = {}
-    for module, dists in metadata.packages_distributions().items():
-        for dist in dists:
-            if _canonical(dist) in names:
-                found.setdefault(_canonical(dist), set()).add(module)
+    for dist in metadata.distributions():
+        name = _canonical(dist.metadata["Name"] or "")
+        if name in names and name not in found:
+            found[name] = {m for f in (dist.files or ()) if (m := _module_name(str(f)))}
     return found
+
+
+def _importers(names, loaded) -> set[str]:
+    """The distributions in ``names`` that could provide a loaded module (their top-level name is loaded): only
+    their RECORD files need reading (Colab has ~700 distributions; the kernel touches a few dozen)."""
+    tops = {m.split(".")[0] for m in loaded}
+    return {_canonical(d) for top, dists in metadata.packages_distributions().items() if top in tops
+            for d in dists} & set(names)
+
+
+def _module_name(path: str) -> str | None:
+    """``jax/_src/api.py`` -> ``jax._src.api``; ``pkg/__init__.py`` -> ``pkg``; an extension module's ABI tag is
+    dropped; None for what is not importable (metadata, scripts outside site-packages, data files)."""
+    if path.startswith("..") or ".dist-info/" in path or ".egg-info/" in path:
+        return None
+    stem, dot, suffix = path.rpartition(".")
+    if not dot or suffix not in ("py", "so", "pyd"):
+        return None
+    parts = stem.split("/")
+    parts[-1] = parts[-1].split(".")[0]  # foo.cpython-312-x86_64-linux-gnu -> foo
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts) if parts and all(p.isidentifier() for p in parts) else None
 
 
 def _stale(changed: dict, modules: dict[str, set[str]], loaded) -> list[str]:
     """The changed distributions a restart must reload: those providing a module the kernel has imported
-    (``loaded``), or every changed one when the importer is unknown (``loaded=None``: a shell)."""
+    (``loaded``: full dotted names), or every changed one when the importer is unknown (``loaded=None``: a shell)."""
     if loaded is None:
         return sorted(changed)
-    return sorted(n for n in changed if modules.get(n, set()) & set(loaded))
+    loaded = set(loaded)
+    return sorted(n for n in changed if modules.get(n, set()) & loaded)
 
 
 def install(*, dry_run: bool = False, pip_args: tuple[str, ...] = (), loaded=None) -> dict:
     """Install labkit's remaining requirements around what is installed, in one pip call; returns what happened.
 
     ``{"requirements", "constraints", "notes", "changed": {name: (before, after)}, "stale": [names],
-    "restart": bool, "command", "seconds"}``. ``loaded``: the top-level module names a running kernel has
+    "restart": bool, "command", "seconds"}``. ``loaded``: the module names (``sys.modules``) a running kernel has
     imported; a restart is needed only when a changed distribution provides one of them (``stale``). With
     ``loaded=None`` (a shell), every changed distribution that was installed before counts. With ``dry_run``
     nothing is installed.
@@ -246,7 +274,7 @@ def install(*, dry_run: bool = False, pip_args: tuple[str, ...] = (), loaded=Non
         path.write_text("".join(c + "\n" for c in constraints))
         command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-c", str(path),
                    *pip_args, *reqs]
-        modules = _modules_of(set(before)) if loaded is not None else {}
+        modules = _modules_of(_importers(set(before), loaded)) if loaded is not None else {}
         if not dry_run and reqs:
             done = subprocess.run(command)
             if done.returncode:
@@ -285,7 +313,7 @@ def ensure() -> dict | None:
     """
     if not _missing():
         return None
-    result = install(loaded={m.split(".")[0] for m in list(sys.modules)}, pip_args=("--quiet",))
+    result = install(loaded=set(sys.modules), pip_args=("--quiet",))
     print(_report(result))
     if result["restart"]:
         raise RestartRuntime(

@@ -77,8 +77,22 @@ def test_restart_only_for_what_the_kernel_imported():
     modules = install._modules_of({"flax", "scikit-learn", "jax"})  # from the real RECORD files of this venv
     assert modules["scikit-learn"] >= {"sklearn"} and modules["flax"] >= {"flax"}
     assert install._stale(changed, modules, loaded={"IPython", "sys", "os"}) == []
-    assert install._stale(changed, modules, loaded={"IPython", "sklearn", "jax"}) == ["jax", "scikit-learn"]
+    assert install._stale(changed, modules, loaded={"IPython", "sklearn", "jax", "jax._src.api"}) == [
+        "jax", "scikit-learn"]
     assert install._stale(changed, modules, loaded=None) == ["flax", "jax", "scikit-learn"]  # a shell: all
+
+
+def test_a_shared_namespace_package_is_not_a_reason_to_restart():
+    # Colab's kernel always holds ``google`` (google.colab); google-auth, protobuf and google-cloud-storage each
+    # install modules under that namespace (their real RECORD files here). Only what was imported counts.
+    changed = {"google-auth": ("2.38", "2.40"), "protobuf": ("5.29", "6.31"), "google-cloud-storage": ("2", "3")}
+    modules = install._modules_of(set(changed))
+    assert "google.auth" in modules["google-auth"] and "google.protobuf" in modules["protobuf"]
+    assert "google" not in modules["google-auth"]  # a namespace package has no __init__ of its own
+    kernel = {"google", "google.colab", "google.protobuf", "google.protobuf.message", "IPython"}
+    assert install._stale(changed, modules, loaded=kernel) == ["protobuf"]
+    assert install._stale(changed, modules, loaded=kernel | {"google.cloud.storage"}) == [
+        "google-cloud-storage", "protobuf"]
 
 
 def test_ensure_does_nothing_where_labkit_has_everything(monkeypatch):
