@@ -14,7 +14,8 @@ import io
 from typing import Iterable, Sequence
 
 __all__ = ["Plot", "torus_groups", "bn_noise", "input_ladder", "feed_demo", "collective_sweep",
-           "torus_phases", "training_curves", "pod_projection", "step_breakdown"]
+           "torus_phases", "collective_steps", "training_curves", "pod_projection", "pod_sensitivity", "comm_fraction",
+           "step_breakdown"]
 
 _COLORS = ["#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb", "#000000"]
 _STEP_COLORS = {"compute": _COLORS[0], "bn_collectives": _COLORS[1], "gradient_allreduce": _COLORS[2],
@@ -183,6 +184,58 @@ def _held_text(held: Sequence[tuple[int, int]], n: int) -> str:
     return f"{ids}\n{'/'.join(map(str, counts))} of {n}"
 
 
+def collective_steps(result: dict, algorithm: str, *, columns: int = 7) -> Plot:
+    """One hop-by-hop all-reduce step by step (``lab.collective_steps(...)[algorithm]``): a panel per step, the
+    start first, each the X x Y torus; inside every replica its buffer, one cell per piece, coloured by how many
+    replicas are summed into what it holds of that piece (dark = all). What arrived in the step is solid, the
+    rest faded. Panel titles: 'sum' (a reduce-scatter hop: the arrival is added to the replica's own copy) or
+    'copy' (an all-gather hop), and each ppermute's torus dimension and direction (X+, Y-, or ring)."""
+    import math
+
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+    x, y = result["shape"]
+    n, length, steps = x * y, result["elements"], result["steps"]
+    side = math.isqrt(length - 1) + 1                      # pieces drawn as a side x side block per replica
+    cmap, norm = colormaps["viridis_r"], Normalize(1, n)
+    panels = [{"hops": [], "held": [[] for _ in range(n)], "counts": [[1] * length for _ in range(n)]}] + steps
+    rows = -(-len(panels) // columns)
+    fig = Figure(figsize=(1.45 * columns + 0.9, 1.55 * rows + 0.7), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, columns)).reshape(-1)
+    for k, (ax, step) in enumerate(zip(axes, panels)):
+        img = np.ones((x * (side + 1) - 1, y * (side + 1) - 1, 4))
+        for r in range(n):
+            i, j = divmod(r, y)
+            new = {e for e, _mask in step["held"][r]}
+            for e, c in enumerate(step["counts"][r]):
+                rgba = np.asarray(cmap(norm(c)))
+                img[i * (side + 1) + e // side, j * (side + 1) + e % side] = rgba if e in new else 0.35 * rgba + 0.65
+        ax.imshow(img, interpolation="nearest")
+        ax.set_xticks([]), ax.set_yticks([])
+        hops = " ".join(_hop_label(h["perm"], x, y) for h in step["hops"])
+        kind = ("sum " if step["hops"][0]["reduce"] else "copy ") if step["hops"] else ""
+        ax.set_title(f"step {k}: {kind}{hops}" if k else "start: own buffer", fontsize=7)
+    for ax in axes[len(panels):]:
+        ax.axis("off")
+    fig.colorbar(ScalarMappable(norm, cmap), ax=axes.tolist(), shrink=0.6, label="replicas summed into a piece")
+    fig.suptitle(f"{algorithm} on a {x}x{y} torus, run hop by hop: {len(steps)} steps, {result['ppermutes']} "
+                 f"ppermutes (from the traced program). A square per replica (rows: torus X), a cell per piece of "
+                 f"its buffer ({length}); solid: arrived in this step", fontsize=8)
+    return Plot(fig, f"{algorithm} step by step, {x}x{y} torus")
+
+
+def _hop_label(perm, x: int, y: int) -> str:
+    """'Y+' / 'Y-' (along rows), 'X+' / 'X-' (along columns) or 'ring' for one ppermute's (source, dest) pairs."""
+    if all(a // y == b // y for a, b in perm):
+        return "Y+" if all((b - a) % y == 1 for a, b in perm) else "Y-"
+    if all(a % y == b % y for a, b in perm):
+        return "X+" if all((b // y - a // y) % x == 1 for a, b in perm) else "X-"
+    return "ring"
+
+
 def training_curves(events: Iterable[dict], *, label: str = "") -> Plot:
     """Loss per step and top-1 per evaluation from a run's telemetry events (``kind`` step / eval)."""
     steps = [e for e in events if e.get("kind") in ("step", "eval")]
@@ -199,15 +252,17 @@ def training_curves(events: Iterable[dict], *, label: str = "") -> Plot:
 
 
 def pod_projection(rows: Sequence[dict], *, measured_step_s: float | None = None, title: str = "") -> Plot:
-    """Stacked bars of the projected step time per algorithm: compute, all-reduce, BN collectives, input.
+    """Stacked bars of the projected step time per row: compute, gradient all-reduce, BN collectives, input.
 
     ``rows``: dicts with ``algorithm`` and the seconds ``compute_s``, ``allreduce_s`` and optional
-    ``bn_s``/``input_s`` (``lab.pod_projection``). ``measured_step_s`` draws the measured step as a line.
+    ``bn_s``/``input_s`` (``lab.pod_projection``); a row with ``published_step_s`` gets a black tick there and
+    its error in %. ``measured_step_s`` draws one published step as a line. The legend sits below the axes.
     """
-    fig, ax = _figure(width=7.0, height=0.55 * len(rows) + 1.6)
+    fig, ax = _figure(width=7.0, height=0.55 * len(rows) + 2.0)
     parts = [("compute_s", "compute"), ("allreduce_s", "gradient all-reduce"), ("bn_s", "BN collectives"),
              ("input_s", "input wait")]
-    names = [f"{r['algorithm']} ({r.get('directions', 1)} dir)" for r in rows]
+    names = [r.get("name") or f"{r['algorithm']} ({r.get('directions', r.get('inputs', {}).get('directions', 1))} dir)"
+             for r in rows]
     left = [0.0] * len(rows)
     for k, (key, text) in enumerate(parts):
         vals = [1e3 * r.get(key, 0.0) for r in rows]
@@ -215,13 +270,88 @@ def pod_projection(rows: Sequence[dict], *, measured_step_s: float | None = None
             continue
         ax.barh(names, vals, left=left, color=_COLORS[k], label=text)
         left = [a + v for a, v in zip(left, vals)]
+    published = [1e3 * r["published_step_s"] if r.get("published_step_s") else None for r in rows]
+    for i, (pub, r) in enumerate(zip(published, rows)):
+        if pub is None:
+            continue
+        ax.plot([pub, pub], [i - 0.42, i + 0.42], color="black", lw=2.5,
+                label="published step" if i == published.index(next(p for p in published if p)) else None)
+        ax.annotate(f"{r['step_error']:+.0%}", (max(pub, left[i]), i), xytext=(4, 0), textcoords="offset points",
+                    va="center", fontsize=8)
     if measured_step_s:
-        ax.axvline(measured_step_s * 1e3, color="black", ls="--", label="measured step (MLPerf v0.6)")
-    ax.set_xlabel("ms per step"), ax.invert_yaxis(), ax.legend(fontsize=8, loc="lower right")
+        ax.axvline(measured_step_s * 1e3, color="black", ls="--", label="published step")
+    ax.set_xlabel("ms per step"), ax.invert_yaxis()
+    fig.legend(fontsize=8, ncol=5, loc="outside lower center")  # below the axes: it covers no bar
     ax.set_title(title or "projected step time on the pod", fontsize=10)
-    ax.set_xlim(0, max(left + [measured_step_s * 1e3 if measured_step_s else 0]) * 1.15 or 1)
+    top = max(left + [p or 0 for p in published] + [measured_step_s * 1e3 if measured_step_s else 0])
+    ax.set_xlim(0, top * 1.18 or 1)
     return Plot(fig, "pod projection")
 
+
+def pod_sensitivity(rows: Sequence[dict], published_steps_s: dict | None = None) -> Plot:
+    """Projected step (stacked: compute, all-reduce, BN) of each algorithm as one input moves, one panel per
+    input (``labkit.collectives.project.sensitivity``); ``published_steps_s`` ({label: s}) as dashed lines."""
+    fields = list(dict.fromkeys(r["input"] for r in rows))
+    fig, axes = _figure(len(fields), width=4.0 * len(fields), height=3.6)
+    axes = list(axes) if len(fields) > 1 else [axes]
+    names = {"alpha_s": "per-hop latency (µs)", "bn_group": "BN group (replicas)",
+             "bn_form": "BN collectives a layer (form)"}
+    algs = list(rows[0]["by"])
+    width = 0.8 / len(algs)
+    for ax, field in zip(axes, fields):
+        sub = [r for r in rows if r["input"] == field]
+        ticks = [f"{r['value'] * 1e6:g}" if field == "alpha_s" else
+                 f"{r['bn_collectives_per_layer']} ({r['value']})" if field == "bn_form" else f"{r['value']}"
+                 for r in sub]
+        for j, alg in enumerate(algs):
+            xs = [i + (j - (len(algs) - 1) / 2) * width for i in range(len(sub))]
+            bottom = [0.0] * len(sub)
+            for k, key in enumerate(("compute_s", "allreduce_s", "bn_s")):
+                vals = [1e3 * r["by"][alg][key] for r in sub]
+                ax.bar(xs, vals, width * 0.92, bottom=bottom, color=_COLORS[k], alpha=(1.0, 0.75, 0.5)[j % 3],
+                       edgecolor="white", lw=0.3)
+                bottom = [b + v for b, v in zip(bottom, vals)]
+            for x, b in zip(xs, bottom):
+                ax.text(x, b, alg.replace("torus2d_bidir", "bidir").replace("torus2d", "2-D")[:5], rotation=90,
+                        ha="center", va="bottom", fontsize=6)
+        for k, (label, s) in enumerate((published_steps_s or {}).items()):
+            ax.axhline(s * 1e3, color="black", ls=("--", ":")[k % 2], lw=1)
+        ax.set_xticks(range(len(sub)), ticks, fontsize=8)
+        ax.set_xlabel(names.get(field, field), fontsize=9)
+        ax.set_ylim(0, max(max(r["by"][a]["step_s"] for r in rows for a in algs),
+                           max((published_steps_s or {0: 0}).values())) * 1e3 * 1.2)
+    axes[0].set_ylabel("projected ms per step")
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    handles = [Patch(color=_COLORS[k], label=t) for k, t in enumerate(("compute", "gradient all-reduce",
+                                                                        "BN collectives"))]
+    handles += [Line2D([], [], color="black", ls=("--", ":")[k % 2], label=f"published: {label}")
+                for k, label in enumerate(published_steps_s or {})]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8)
+    fig.suptitle("one input at a time (bars per value: ring, 2-D, bidirectional 2-D)", fontsize=10)
+    return Plot(fig, "pod projection sensitivity")
+
+
+def comm_fraction(rows: Sequence[dict]) -> Plot:
+    """Grouped bars: communication share of the projected step against chip count, one bar per algorithm
+    (``labkit.collectives.project.comm_fraction``). The legend sits outside the axes."""
+    fig, ax = _figure(width=7.0, height=3.6)
+    chips = list(dict.fromkeys(r["chips"] for r in rows))
+    algs = list(dict.fromkeys(r["algorithm"] for r in rows))
+    width = 0.8 / len(algs)
+    for j, alg in enumerate(algs):
+        vals = [100 * next(r["comm_fraction"] for r in rows if r["chips"] == n and r["algorithm"] == alg)
+                for n in chips]
+        xs = [i + (j - (len(algs) - 1) / 2) * width for i in range(len(chips))]
+        ax.bar(xs, vals, width * 0.92, color=_COLORS[j + 1], label=alg)
+        for x, v in zip(xs, vals):
+            ax.text(x, v, f"{v:.0f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(chips)), [str(n) for n in chips])
+    ax.set_xlabel("TPU v3 chips (32 images a chip)"), ax.set_ylabel("communication, % of the step")
+    ax.set_ylim(0, max(100 * r["comm_fraction"] for r in rows) * 1.2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title("gradient all-reduce + BN collectives against pod size (projection)", fontsize=10)
+    return Plot(fig, "communication fraction")
 
 
 def step_breakdown(breakdown: dict, *, label: str = "") -> Plot:

@@ -12,7 +12,8 @@ import os
 import time
 
 __all__ = ["Env", "setup", "bn_exactness", "bn_group_sweep", "bn_collectives", "feed_demo", "input_ladder",
-           "torus_phases", "allreduce_collectives", "resnet50_bn_layers", "pod_projection", "show_live"]
+           "torus_phases", "collective_steps", "allreduce_collectives", "resnet50_bn_layers", "pod_projection",
+           "show_live"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,6 +281,125 @@ def torus_phases(topo=None) -> list[dict]:
     return phases
 
 
+def collective_steps(algorithms=("ring", "torus2d_links", "torus2d_bidir_links"), shape=(4, 4)) -> dict:
+    """Run labkit's hop-by-hop all-reduce programs on an ``shape`` torus and read back, step by step, what
+    every replica holds: the picture of each collective comes from the real program, not a re-enactment.
+
+    The program of each algorithm (``collectives.links``, the ``LINK_LEVEL`` ones) is traced, then evaluated
+    equation by equation on the mesh with every ``ppermute``'s arrival kept as an extra output (the received
+    piece, or its sum with the replica's own copy when the program adds it: a reduce-scatter hop). A step is
+    every ``ppermute`` at the same depth of the program's chain of hops (the cost model's step count). The
+    input is encoded as in ``torus_phases`` (replica r puts ``(e << R) + 2**r`` in element e), so each value
+    names its element and the exact set of replicas summed into it. Runs in a fresh Python process with
+    X*Y simulated CPU devices (a notebook kernel has its own, fixed device count).
+    Returns ``{algorithm: {"shape", "elements", "ppermutes", "steps": [{"hops": [{"perm", "axes", "reduce"}],
+    "held": [[[element, mask], ...] per replica], "counts": [[replicas summed, per element] per replica]}],
+    "result": [[[element, mask], ...] per replica]}}``; ``counts`` is what each replica holds after the step
+    (the largest sum it has of each element; 1 = only its own), ``held`` what arrived in the step.
+    """
+    import json
+    import subprocess
+    import sys
+    from labkit.collectives.algorithms import LINK_LEVEL
+    shape = tuple(int(s) for s in shape)
+    bad = [a for a in algorithms if a not in LINK_LEVEL]
+    if bad:
+        raise ValueError(f"collective_steps: algorithm {bad[0]!r} does not move its data by ppermute; "
+                         f"allowed values: {list(LINK_LEVEL)}")
+    if len(shape) != 2 or min(shape) < 1 or shape[0] * shape[1] > 16:
+        raise ValueError(f"collective_steps: shape must be (X, Y) with at most 16 replicas (the int32 "
+                         f"encoding), got {shape}")
+    code = ("import json, sys\nfrom labkit.mesh import simulate_devices\n"
+            f"simulate_devices({shape[0] * shape[1]})\nfrom labkit import lab\n"
+            f"json.dump(lab._collective_steps_here({list(algorithms)!r}, {shape!r}), sys.stdout)")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise RuntimeError(f"collective_steps: the {shape[0]}x{shape[1]} subprocess failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout)
+
+
+def _collective_steps_here(algorithms, shape) -> dict:
+    """``collective_steps`` in this process (it must have exactly X*Y CPU devices)."""
+    import jax
+    import numpy as np
+    from jax.sharding import PartitionSpec as P
+    from labkit.collectives.algorithms import pad_multiple, reduce_flat
+    from labkit.mesh import Topology
+    topo = Topology.build(shape=tuple(shape))
+    n, axes = topo.num_replicas, topo.replica_axes
+    out = {}
+    for alg in algorithms:
+        length = pad_multiple(alg, topo)
+        x = (np.arange(length, dtype=np.int32)[None] << n) + (np.int32(1) << np.arange(n, dtype=np.int32))[:, None]
+        closed = jax.make_jaxpr(jax.shard_map(lambda b, a=alg: reduce_flat(b[0], topo, a)[None], mesh=topo.mesh,
+                                              in_specs=P(axes), out_specs=P(axes), check_vma=False))(x)
+        sm, = closed.jaxpr.eqns
+        inner, hops = sm.params["jaxpr"], _hops(sm.params["jaxpr"])
+        outer = dict(zip(closed.jaxpr.constvars, closed.consts))  # hoisted constants (ring position tables)
+        sources = [outer.get(v) for v in sm.invars]
+
+        def run(b, inner=inner, hops=hops, sources=sources):
+            env = {v: b if s is None else s for v, s in zip(inner.invars, sources)}
+            _eval(inner, env)
+            return tuple(env[h["held"]][None] for h in hops) + (env[inner.outvars[0]],)
+
+        got = jax.jit(jax.shard_map(run, mesh=topo.mesh, in_specs=P(axes), out_specs=P(axes), check_vma=False))(
+            topo.shard_batch(x))
+        decode = lambda a: [[[int(v >> n) // bin(int(v) & ((1 << n) - 1)).count("1"), int(v) & ((1 << n) - 1)]  # noqa: E731
+                             for v in row] for row in np.asarray(a).astype(np.int64).reshape(n, -1)]
+        counts = np.ones((n, length), np.int64)
+        steps = []
+        for depth in sorted({h["depth"] for h in hops}):
+            mine = [k for k, h in enumerate(hops) if h["depth"] == depth]
+            held = [sum((decode(got[k])[r] for k in mine), []) for r in range(n)]
+            for r, pieces in enumerate(held):
+                for e, mask in pieces:
+                    counts[r, e] = max(counts[r, e], bin(mask).count("1"))
+            steps.append({"hops": [{key: hops[k][key] for key in ("perm", "axes", "reduce")} for k in mine],
+                          "held": held, "counts": counts.tolist()})
+        out[alg] = {"shape": list(topo.shape), "elements": length, "ppermutes": len(hops), "steps": steps,
+                    "result": decode(got[-1])}
+    return out
+
+
+def _hops(jaxpr) -> list[dict]:
+    """Every ``ppermute`` of a (shard_map body) jaxpr, in program order: its depth in the chain of hops (an
+    equation's depth is the largest of its inputs', +1 for a ppermute), perm, axes, and the variable that holds
+    what arrived: the ``add`` that sums it into the replica's own copy (a reduce-scatter hop), else its output."""
+    users: dict = {}
+    for e in jaxpr.eqns:
+        for v in e.invars:
+            if not hasattr(v, "val"):
+                users.setdefault(v, []).append(e)
+    depth, hops = {}, []
+    for e in jaxpr.eqns:
+        d = max((depth.get(v, 0) for v in e.invars if not hasattr(v, "val")), default=0)
+        if e.primitive.name == "ppermute":
+            d += 1
+            adds = [u for u in users.get(e.outvars[0], []) if u.primitive.name == "add"]
+            axes = e.params["axis_name"]
+            hops.append({"depth": d, "perm": [[int(a), int(b)] for a, b in e.params["perm"]],
+                         "axes": [str(a) for a in (axes if isinstance(axes, (tuple, list)) else (axes,))],
+                         "reduce": bool(adds), "held": adds[0].outvars[0] if adds else e.outvars[0]})
+        for v in e.outvars:
+            depth[v] = d
+    return hops
+
+
+def _eval(jaxpr, env: dict) -> None:
+    """Evaluate ``jaxpr``'s equations in order, binding each primitive again (as ``jax.core.eval_jaxpr``
+    does), keeping every intermediate value in ``env``."""
+    read = lambda v: v.val if hasattr(v, "val") else env[v]  # noqa: E731 - a Literal carries its value
+    for e in jaxpr.eqns:
+        params = e.primitive.get_bind_params(e.params)
+        subfuns, params = params if isinstance(params, tuple) else ((), params)  # jax 0.10: (subfuns, params)
+        with e.ctx.manager:
+            outs = e.primitive.bind(*subfuns, *map(read, e.invars), **params)
+        for v, o in zip(e.outvars, outs if e.primitive.multiple_results else [outs]):
+            env[v] = o
+
+
 def input_ladder(data: str = "photos", *, rounds: int = 3, seconds: float = 1.0, batch_size: int = 32,
                  log=None) -> dict:
     """The input ladder measured ``rounds`` times (every rung once per round, so drift hits all rungs alike).
@@ -315,51 +435,18 @@ def resnet50_bn_layers() -> list[int]:
     return [int(v.shape[-1]) for k, v in sorted(flat.items()) if k[-1] == "mean"]
 
 
-def pod_projection(*, chip_images_per_s: float, epochs: float, bn_group: int = 8,
-                   bn_channels: list[int] | None = None, bn_layer: dict | None = None,
-                   input_s: float = 0.0, input_share: float = 0.0, directions: int = 2, bytes_per_param: int = 4,
-                   global_batch: int = 32768, algorithms=("ring", "torus2d", "torus2d_bidir")) -> list[dict]:
-    """``costmodel.project_resnet50`` plus the two terms it leaves out: BN collectives and input wait.
-
-    BN: every BN layer (``bn_channels``, default ``resnet50_bn_layers()``) does, per step, the collectives of
-    ``bn_layer`` (``bn_collectives``' traced forward + backward of one layer, scaled to each layer's channels;
-    default: forward one all-gather of each member's (mean, M2), backward one psum of 2 values a channel), each a ring
-    over the ``bn_group`` neighbouring chips of a row (pod link latency and bandwidth, fp32, no wrap-around).
-    ``input_s``: input wait per step (0 = the pipeline keeps up), or ``input_share``: the fraction of a step
-    spent waiting for input (e.g. ``labkit.profile``'s ``fractions["input_wait"]``), kept as that share of the new step.
-    Each row adds ``bn_s``, ``input_s`` and recomputes ``step_s``, ``images_per_s``, ``minutes_to_train``,
-    ``comm_fraction`` (all-reduce + BN over step) and ``implied_chip_images_per_s`` (the compute-only rate
-    that would make the step equal MLPerf v0.6's measured 1,024-chip step).
-    """
-    from labkit.collectives import costmodel
-    pod = costmodel.network("tpu-v3-pod")
-    line = costmodel.Link(pod.y.alpha_s, pod.y.bandwidth, wraparound=False)  # g neighbours of a row: no wrap
-    ring = costmodel.Network("bn-group", (1, bn_group), line, line)
-    channels = resnet50_bn_layers() if bn_channels is None else bn_channels
-    if bn_layer is None:  # DistributedBatchNorm's default form, as the cost model counts it
-        bn_s = costmodel.predict_bn(ring, channels, "chan", directions=directions).time_s
-    else:  # each traced collective of one layer (all-gather or psum), its bytes scaled to each layer's channels
-        bn_s = sum(costmodel.predict_collective(ring, c["primitive"], c["bytes"] * ch / bn_layer["channels"],
-                                                directions=directions).time_s
-                   for ch in channels for c in bn_layer["forward"] + bn_layer["backward"])
-    measured_step_s = global_batch / costmodel.MLPERF_V06_1024["images_per_s"]
-    rows = costmodel.project_resnet50(pod, algorithms, bytes_per_param=bytes_per_param, directions=directions,
-                                      chip_images_per_s=chip_images_per_s, global_batch=global_batch,
-                                      epochs=epochs)
-    for row in rows:
-        row["bn_s"], row["input_s"], row["bn_layers"] = bn_s, input_s, len(channels)
-        if input_share:
-            if not 0 <= input_share < 1:
-                raise ValueError(f"pod_projection: input_share must be in [0, 1), got {input_share}")
-            row["input_s"] = input_s + input_share / (1 - input_share) * (row["compute_s"] + row["allreduce_s"] + bn_s)
-        row["step_s"] = row["compute_s"] + row["allreduce_s"] + bn_s + row["input_s"]
-        row["images_per_s"] = global_batch / row["step_s"]
-        row["minutes_to_train"] = epochs * costmodel.IMAGENET_TRAIN / row["images_per_s"] / 60.0
-        row["comm_fraction"] = (row["allreduce_s"] + bn_s) / row["step_s"]
-        # the compute-only rate that would make this row's step equal MLPerf v0.6's measured 1,024-chip step
-        row["implied_chip_images_per_s"] = (global_batch / row["chips"]) / (
-            measured_step_s - row["allreduce_s"] - bn_s - row["input_s"])
-    return rows
+def pod_projection(run: str = "paper", *, algorithms=("ring", "torus2d", "torus2d_bidir"), **inputs) -> list[dict]:
+    """The ResNet-50 step of a published run (``"paper"``: the 2.2-minute run; ``"mlperf_v06"``: MLPerf v0.6's
+    1.28 minutes), projected from stated inputs and set beside its published result (one row per algorithm:
+    ``labkit.collectives.project.compare``). ``inputs``: fields of ``project.Inputs`` (``chip_images_per_s``,
+    ``alpha_s``, ``bandwidth``, ``bn_group`` in replicas, ``bn_form``, ...; ``project.SOURCES`` says where each
+    default comes from). Nothing is solved to match the published result: it only sets the error columns."""
+    from labkit.collectives import project
+    unknown = sorted(set(inputs) - {f.name for f in dataclasses.fields(project.Inputs)})
+    if unknown:
+        raise ValueError(f"pod_projection: unknown inputs {unknown}; allowed values: "
+                         f"{[f.name for f in dataclasses.fields(project.Inputs)]}")
+    return [project.compare(run, project.Inputs(**inputs), alg) for alg in algorithms]
 
 
 def allreduce_collectives(topo, algorithm: str, *, elements: int = 4096) -> list[dict]:
