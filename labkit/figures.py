@@ -220,7 +220,8 @@ def collective_steps(result: dict, algorithm: str, *, columns: int = 7) -> Plot:
         ax.set_title(f"step {k}: {kind}{hops}" if k else "start: own buffer", fontsize=7)
     for ax in axes[len(panels):]:
         ax.axis("off")
-    fig.colorbar(ScalarMappable(norm, cmap), ax=axes.tolist(), shrink=0.6, label="replicas summed into a piece")
+    fig.colorbar(ScalarMappable(norm, cmap), ax=axes.tolist(), shrink=0.6, label="replicas summed into a piece",
+                 ticks=sorted({1, *range(4, n + 1, 4), n}))
     fig.suptitle(f"{algorithm} on a {x}x{y} torus, run hop by hop: {len(steps)} steps, {result['ppermutes']} "
                  f"ppermutes (from the traced program). A square per replica (rows: torus X), a cell per piece of "
                  f"its buffer ({length}); solid: arrived in this step", fontsize=8)

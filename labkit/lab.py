@@ -346,7 +346,7 @@ def _collective_steps_here(algorithms, shape) -> dict:
 
         got = jax.jit(jax.shard_map(run, mesh=topo.mesh, in_specs=P(axes), out_specs=P(axes), check_vma=False))(
             topo.shard_batch(x))
-        decode = lambda a: [[[int(v >> n) // bin(int(v) & ((1 << n) - 1)).count("1"), int(v) & ((1 << n) - 1)]  # noqa: E731
+        decode = lambda a: [[[int(v >> n) // bin(int(v) & (2 ** n - 1)).count("1"), int(v) & (2 ** n - 1)]  # noqa: E731
                              for v in row] for row in np.asarray(a).astype(np.int64).reshape(n, -1)]
         counts = np.ones((n, length), np.int64)
         steps = []

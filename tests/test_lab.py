@@ -1,5 +1,6 @@
 """labkit.lab.setup: the device plan as a notebook meets it (one printed line, an Env that labels numbers)."""
 import jax
+import pytest
 
 from labkit import lab
 
@@ -40,3 +41,144 @@ def test_pod_projection_is_the_projection_of_a_published_run():
     assert rows[2]["bn_s"] > lab.pod_projection("mlperf_v06")[2]["bn_s"]
     with pytest.raises(ValueError, match=r"unknown inputs \['alpha'\]; allowed values: \['chip_images_per_s'"):
         lab.pod_projection(alpha=2e-6)
+
+
+# --- lab.collective_steps: the pictures of the collectives, checked against a textbook model in numpy ----------
+
+def _ring_phase(kind, vecs, rings, d):
+    """One ring phase of the textbook algorithm on pieces (element, frozenset of replicas summed in).
+
+    'rs': each ring's buffers are cut into k chunks; chunk c ends, summed over the ring, at member c: it starts
+    at member c + d and moves d each step, and every member it reaches adds its own copy. 'ag': member c holds
+    chunk c; it moves d each step and every member stores it. Returns ([{replica: pieces that arrived}, ...
+    per step], {replica: its vector after the phase}).
+    """
+    chunks = {}
+    for ring in rings:
+        k = len(ring)
+        for p, r in enumerate(ring):
+            v = vecs[r]
+            chunks[r] = [v[c * len(v) // k:(c + 1) * len(v) // k] for c in range(k)] if kind == "rs" else \
+                {p: v}
+    steps = []
+    for s in range(len(rings[0]) - 1):
+        arrived = {}
+        for ring in rings:
+            k = len(ring)
+            for p, r in enumerate(ring):
+                src = ring[(p - d) % k]
+                if kind == "rs":
+                    c = (p - d * (s + 2)) % k
+                    arrived[r] = (c, [(e, a | b) for (e, a), (_, b) in zip(chunks[src][c], chunks[r][c])])
+                else:
+                    c = (p - d * (s + 1)) % k
+                    arrived[r] = (c, chunks[src][c])
+        for r, (c, pieces) in arrived.items():
+            chunks[r][c] = pieces
+        steps.append({r: pieces for r, (_, pieces) in arrived.items()})
+    out = {}
+    for ring in rings:
+        for p, r in enumerate(ring):
+            out[r] = chunks[r][p] if kind == "rs" else [x for c in range(len(ring)) for x in chunks[r][c]]
+    return steps, out
+
+
+def _together(phases):
+    """Phases that run side by side, step by step: ([{replica: all arrivals}, ...], [result of each phase])."""
+    runs = [_ring_phase(*ph) for ph in phases]
+    rounds = max(len(st) for st, _ in runs)  # a phase round a shorter ring is done early and waits
+    steps = [{r: [x for st, _ in runs if s < len(st) for x in st[s].get(r, [])] for r in runs[0][1]}
+             for s in range(rounds)]
+    return steps, [out for _, out in runs]
+
+
+def _model(algorithm, shape, length):
+    """The textbook algorithms: ring (a snake through the rows), 2-D (columns X, then rows Y), and the paper's
+    bidirectional halves (A: Y then X, B: X then Y, each phase half one way round, half the other)."""
+    x, y = shape
+    n = x * y
+    rows = [[i * y + j for j in range(y)] for i in range(x)]
+    cols = [[i * y + j for i in range(x)] for j in range(y)]
+    vec = {r: [(e, frozenset([r])) for e in range(length)] for r in range(n)}
+    steps = []
+    if algorithm == "ring":
+        snake = [r for i, row in enumerate(rows) for r in (row if i % 2 == 0 else row[::-1])]
+        for kind in ("rs", "ag"):
+            st, (vec,) = _together([(kind, vec, [snake], +1)])
+            steps += st
+    elif algorithm == "torus2d_links":
+        for kind, rings in (("rs", cols), ("rs", rows), ("ag", rows), ("ag", cols)):
+            st, (vec,) = _together([(kind, vec, rings, +1)])
+            steps += st
+    else:
+        half = lambda v, k: {r: p[k * len(p) // 2:(k + 1) * len(p) // 2] for r, p in v.items()}  # noqa: E731
+        a, b = half(vec, 0), half(vec, 1)
+        for kind, (ra, rb) in (("rs", (rows, cols)), ("rs", (cols, rows)), ("ag", (cols, rows)), ("ag", (rows, cols))):
+            st, (a1, a2, b1, b2) = _together([(kind, half(a, 0), ra, +1), (kind, half(a, 1), ra, -1),
+                                              (kind, half(b, 0), rb, +1), (kind, half(b, 1), rb, -1)])
+            steps += st
+            a = {r: a1[r] + a2[r] for r in a1}
+            b = {r: b1[r] + b2[r] for r in b1}
+        vec = {r: a[r] + b[r] for r in a}
+    return steps, vec
+
+
+def _as_sets(pieces):
+    return {(int(e), sum(1 << r for r in who) if isinstance(who, frozenset) else int(who)) for e, who in pieces}
+
+
+def _check_against_model(result, algorithm, shape):
+    steps, final = _model(algorithm, shape, result["elements"])
+    n = shape[0] * shape[1]
+    assert len(result["steps"]) == len(steps)
+    for s, (got, want) in enumerate(zip(result["steps"], steps)):
+        for r in range(n):
+            assert _as_sets(got["held"][r]) == _as_sets(want[r]), (algorithm, "step", s + 1, "replica", r)
+    full = 2 ** n - 1
+    for r in range(n):
+        assert _as_sets(result["result"][r]) == _as_sets(final[r]) == {(e, full) for e in range(result["elements"])}
+    assert all(c == n for row in result["steps"][-1]["counts"] for c in row)
+
+
+def _neighbours(a, b, shape):
+    (ia, ja), (ib, jb) = divmod(a, shape[1]), divmod(b, shape[1])
+    return (ia == ib and (ja - jb) % shape[1] in (1, shape[1] - 1)) or \
+        (ja == jb and (ia - ib) % shape[0] in (1, shape[0] - 1))
+
+
+def test_collective_steps_on_2x4_match_the_model_and_the_traced_ppermutes():
+    """In this 8-device process: every step's arrivals equal the numpy model's, every hop is a torus neighbour
+    link, and the hops are the traced program's ppermutes (count and pairs, from labkit.traced) in order."""
+    from labkit import traced
+    from labkit.collectives import all_reduce
+    from labkit.mesh import Topology
+    import numpy as np
+    topo = Topology.build(shape=(2, 4))
+    algs = ("ring", "torus2d_links", "torus2d_bidir_links")
+    got = lab._collective_steps_here(algs, (2, 4))
+    for alg in algs:
+        _check_against_model(got[alg], alg, (2, 4))
+        x = topo.shard_batch(np.zeros((8, got[alg]["elements"]), np.float32))
+        hops = [c for c in traced.collectives(lambda: all_reduce(x, topo, alg)) if c["primitive"] == "ppermute"]
+        drawn = [h for st in got[alg]["steps"] for h in st["hops"]]
+        assert len(drawn) == len(hops) == got[alg]["ppermutes"]
+        assert [len(h["perm"]) for h in drawn] == [h["pairs"] for h in hops]
+        assert all(_neighbours(a, b, (2, 4)) for h in drawn for a, b in h["perm"])
+    # 2(N-1); 2(X-1) + 2(Y-1); bidirectional: every phase as long as its longer ring, 4 (Y-1)
+    assert [len(got[a]["steps"]) for a in algs] == [14, 8, 12]
+
+
+@pytest.mark.slow
+def test_collective_steps_on_4x4_match_the_model():
+    """The notebook's picture: 16 replicas in a subprocess (both torus axes real rings of 4)."""
+    got = lab.collective_steps(shape=(4, 4))
+    for alg in ("ring", "torus2d_links", "torus2d_bidir_links"):
+        _check_against_model(got[alg], alg, (4, 4))
+        assert all(_neighbours(a, b, (4, 4)) for st in got[alg]["steps"] for h in st["hops"] for a, b in h["perm"])
+    assert [len(got[a]["steps"]) for a in got] == [30, 12, 12]
+    assert [len(st["hops"]) for st in got["torus2d_bidir_links"]["steps"]] == [4] * 12
+
+
+def test_collective_steps_names_the_allowed_algorithms():
+    with pytest.raises(ValueError, match=r"'torus2d'.*allowed values: \['ring', 'torus2d_links'"):
+        lab.collective_steps(("torus2d",))
