@@ -14,6 +14,9 @@ keeps running, so either view stays live under "Run all" (a blocking ``run.wait(
 main thread, and Panel's callbacks never run: measured in JupyterLab, real-stacks.md §5). When the run ends,
 the view is replaced by the static figure that a saved notebook stores (GitHub, nbviewer, Colab's preview).
 ``LABKIT_LIVE=panel|figure`` chooses the view by hand.
+While a cell awaits ``follow``, the kernel handles no other request, and a button press is one (a comm message
+on the shell channel, which ipykernel serves one at a time): the buttons act once the cell stops waiting.
+Interrupting the kernel stops the waiting, not the run; then "stop" (or ``run.stop()``) checkpoints and stops it.
 Must not: steer training beyond the run's public ``start``/``stop``, or compute what the library reports.
 """
 from __future__ import annotations
@@ -63,7 +66,8 @@ def show(run, *, label: str = "", mode: str | None = None) -> "Live":
     else:
         controls = _widget_controls(run)
         if controls is not None:
-            display(controls)
+            display(controls[0])
+            live.refresh_controls = controls[1]
         live.handle = display(live.snapshot(), display_id=True)
     return live
 
@@ -75,6 +79,7 @@ class Live:
         self.run, self.mode, self.label = run, mode, label
         self.handle = None
         self.redraws = 0  # figure view: how many times follow() replaced the figure
+        self.refresh_controls = lambda: None  # figure view: rewrites the buttons' "run: <status>" line
 
     def snapshot(self):
         """The run's curves so far, titled with where it stands (the figure view's frame, and the final figure)."""
@@ -99,8 +104,10 @@ class Live:
                 n = len(self.run.stream.events("step"))
                 if n != seen:
                     self.handle.update(self.snapshot())
+                    self.refresh_controls()
                     self.redraws, seen, last = self.redraws + 1, n, time.monotonic()
         summary = self.run.wait()
+        self.refresh_controls()
         if self.handle is not None:
             from labkit import figures
             self.handle.update(figures.training_curves(self.run.stream.events(), label=self.label))
@@ -108,7 +115,8 @@ class Live:
 
 
 def _widget_controls(run):
-    """ipywidgets start / stop buttons for the figure view (None where ipywidgets is missing)."""
+    """ipywidgets start / stop buttons for the figure view and a function that refreshes their status line
+    (None where ipywidgets is missing)."""
     try:
         import ipywidgets as w
     except ImportError:
@@ -131,4 +139,4 @@ def _widget_controls(run):
 
     start.on_click(on_start)
     stop.on_click(on_stop)
-    return w.HBox([start, stop, status])
+    return w.HBox([start, stop, status]), refresh

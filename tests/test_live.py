@@ -69,7 +69,7 @@ def test_figure_view_redraws_during_the_run_in_a_kernel(tmp_path):
 
     class Counting(nbclient.NotebookClient):
         def process_message(self, msg, cell, cell_index):
-            if msg["msg_type"] in ("display_data", "update_display_data"):
+            if msg["msg_type"] in ("display_data", "update_display_data", "comm_msg"):
                 messages.append(msg)
             return super().process_message(msg, cell, cell_index)
 
@@ -96,3 +96,7 @@ def test_figure_view_redraws_during_the_run_in_a_kernel(tmp_path):
     assert pngs[0]["data"]["image/png"] == updates[-1]["content"]["data"]["image/png"]
     follow = notebook.cells[-1]
     assert "stopped: epochs after" in "".join(o.get("text", "") for o in follow.outputs)
+    # The buttons' status line follows the run: ipywidgets sends each change (only a change) as a comm_msg.
+    statuses = [m["content"]["data"]["state"]["value"] for m in messages if m["msg_type"] == "comm_msg"
+                and "run: <b>" in str(m["content"].get("data", {}).get("state", {}).get("value", ""))]
+    assert statuses and statuses[-1] == "run: <b>finished</b>", statuses  # was left at "running" before
