@@ -168,8 +168,8 @@ def conclusions(rows: list[dict], published_steps_s: dict) -> list[dict]:
             lambda b: b["ring"]["allreduce_s"] >= 3 * b["torus2d_bidir"]["allreduce_s"],
         "communication is under 10% of the step (bidirectional 2-D)":
             lambda b: b["torus2d_bidir"]["comm_fraction"] < 0.10,
-        "the BN collectives cost less than the gradient all-reduce (bidirectional 2-D)":
-            lambda b: b["torus2d_bidir"]["bn_s"] < b["torus2d_bidir"]["allreduce_s"],
+        "the BN collectives cost at least as much as the bidirectional 2-D gradient all-reduce":
+            lambda b: b["torus2d_bidir"]["bn_s"] >= b["torus2d_bidir"]["allreduce_s"],
     }
     for label, pub in published_steps_s.items():
         checks[f"the projected step is below {label}'s published step"] = \

@@ -122,6 +122,8 @@ def test_conclusions_say_where_a_claim_fails():
     under10 = out["communication is under 10% of the step (bidirectional 2-D)"]
     expect = [f"{r['input']}={r['value']}" for r in rows if r["by"]["torus2d_bidir"]["comm_fraction"] >= 0.10]
     assert not under10["holds"] and under10["where_not"] == expect and "alpha_s=5e-06" in expect
+    bn = out["the BN collectives cost at least as much as the bidirectional 2-D gradient all-reduce"]
+    assert bn["where_not"] == ["bn_group=2", "bn_group=4"]  # 0.16 and 0.49 ms against 0.63 ms
     # a published step far below every projection makes the last claim fail everywhere
     low = {c["claim"]: c for c in pj.conclusions(rows, {"x": 1e-3})}
     assert len(low["the projected step is below x's published step"]["where_not"]) == len(rows)
