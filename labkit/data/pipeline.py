@@ -362,8 +362,17 @@ def _random_access_records(files, switches: Switches, counter, host, num_hosts, 
                            start):
     """``(record, position)`` from stream position ``start`` on, each a function of (seed, host, position) alone.
 
-    The records are read once, in file order (a cut-short file is counted here, once), and held in RAM."""
+    The records are read once, in file order (a cut-short file is counted here, once), and held in RAM, as
+    ``Switches.cache`` holds them in the streamed order: more than half of this machine's memory is refused before
+    anything is read."""
     tf = import_tf()
+    need = sum(storage.size(f) for f in files) / (1 if switches.shard_files else num_hosts)
+    ram = _physical_memory()
+    if ram and need > ram / 2:
+        raise ValueError(f"train: deterministic=True with cache=True holds this host's records in RAM: "
+                         f"{need / 2**30:.1f} GiB of the {ram / 2**30:.1f} GiB here (more than half). Allowed: "
+                         "cache=False (streamed; the saved input position is then the shuffle buffer's state), "
+                         "more hosts, or a machine with more memory")
     once = dataclasses.replace(switches, cache=False, shuffle=False)
     records = list(_records(files, once, counter, host, num_hosts, train=True, cycle_length=cycle_length,
                             deterministic=True).as_numpy_iterator())
@@ -380,6 +389,13 @@ def _random_access_records(files, switches: Switches, counter, host, num_hosts, 
         return tf.gather(table, j), i
 
     return tf.data.Dataset.range(int(start), stop).map(at)
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no check
+        return None
 
 
 def eval_dataset(data, batch_size: int, *, image_size: int = 224, split: str = "validation",

@@ -284,3 +284,19 @@ def test_random_access_stream_is_each_epoch_a_permutation_and_a_function_of_posi
     assert sorted(first) == sorted(raw) == sorted(second)  # a permutation of the records, each epoch
     assert first != raw and first != second  # shuffled, and differently in each epoch
     assert stream(n - 5)[:10] == got[n - 5:n + 5]  # from a position: the same elements, across the epoch edge
+
+
+def test_random_access_refuses_records_larger_than_half_the_memory(monkeypatch):
+    """The random-access stream holds this host's records in RAM: a data set over half the memory is refused
+    before any record is read, with what to change (a 1 MiB "machine" stands in for a small host)."""
+    from labkit import storage
+    from labkit.data import pipeline
+    files = pipeline.resolve_files("digits", "train")[0]
+    size = sum(storage.size(f) for f in files)
+    monkeypatch.setattr(pipeline, "_physical_memory", lambda: size)  # the records are exactly all of it
+    with pytest.raises(ValueError, match=r"holds this host's records in RAM: .* GiB .*Allowed: cache=False"):
+        pipeline._random_access_records(files, pipeline.Switches(), pipeline.SkipCounter(), 0, 1, cycle_length=8,
+                                        seed=3, num_epochs=1, start=0)
+    monkeypatch.setattr(pipeline, "_physical_memory", lambda: 2 * size + 1)  # just under half: read
+    assert pipeline._random_access_records(files, pipeline.Switches(), pipeline.SkipCounter(), 0, 1, cycle_length=8,
+                                           seed=3, num_epochs=1, start=0).cardinality() > 0
