@@ -1,121 +1,248 @@
 """bench.input: ``labkit bench input``: the input-pipeline ablation ladder against the machine's ceiling.
 
-Owns the measurement: every rung of ``pipeline.LADDER`` (naive, then one optimization added at a time) timed in
-one run on the same data, in images/s, plus the *ceiling*: the fused decode-crop-resize-flip-cast alone over
-JPEG bytes already in memory, one thread per core, no pipeline around it. The ceiling is taken before and after
-the ladder (the machine is shared; both are shown, their mean is the reference). Each rung is reported as img/s,
-x naive and x ceiling. These are real host-CPU timings of this machine, not accelerator-host numbers.
+Owns the measurement that ``labkit bench input`` and notebook 02 share: every rung of ``pipeline.LADDER``
+(naive, then one optimization added at a time) and the *ceiling* (the fused decode-crop-resize-flip-cast alone
+over JPEG bytes already in memory, one thread per core, no pipeline around it), timed in interleaved rounds:
+ceiling, rung 1, rung 2, ..., then again, each block a fresh iterator, warmed up untimed, then timed for about
+``seconds``. A rung's figure is its best round (other programs only ever add time, so the least-disturbed round
+is the closest to what the pipeline can do), and each rung is compared with the one before it (and with the
+ceiling) round by round: when the paired ratios fall on both sides of 1 the step is within noise, and the
+result says so. Also the JSON file with the run's provenance (machine, load, command, date, labkit commit).
+These are real host-CPU timings of this machine, not accelerator-host numbers.
 Must not: change the pipeline (it only builds rungs through ``train_dataset``).
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import platform
+import subprocess
 import sys
+from typing import Callable
 
+from labkit import storage
 from labkit.bench import timer
 from labkit.data import pipeline, preprocess
 from labkit.data._tf import import_tf
 
-__all__ = ["HELP", "add_arguments", "run", "measure_ladder", "measure_ceiling"]
+__all__ = ["HELP", "add_arguments", "run", "measure_ladder", "best_of_rounds", "paired_ratios", "summarize",
+           "provenance"]
 
 HELP = "input-pipeline ablation ladder (naive -> all optimizations) vs the decode ceiling, in images/s"
+CEILING = "ceiling"
 
 
-def _time_batches(iterator, seconds: float, max_images: int, warmup: int) -> tuple[float, int]:
-    return timer.rate(iterator, seconds, count=lambda batch: int(batch["image"].shape[0]), max_items=max_images,
-                      warmup=warmup)
+def best_of_rounds(rates: list[float]) -> float:
+    """A mode's figure: its fastest round (load on a shared machine only slows a round down, never speeds it)."""
+    if not rates:
+        raise ValueError("best_of_rounds: no rounds measured; allowed: a list of at least one rate")
+    return max(rates)
 
 
-def measure_ceiling(jpegs: list[bytes], image_size: int, seconds: float, *, threads: int | None = None,
-                    bfloat16: bool = True) -> float:
-    """Images/s of fused decode + random crop + bicubic resize + flip (+ bf16 cast) over in-memory JPEG bytes.
+def paired_ratios(a: list[float], b: list[float]) -> tuple[float, float]:
+    """(lowest, highest) of ``a[r] / b[r]`` over rounds ``r``: both modes of a pair ran in the same round,
+    seconds apart, so they saw about the same load. Both above 1: ``a`` is faster; both below: slower;
+    one on each side of 1: the difference is within noise."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired_ratios: rounds must pair up; got {len(a)} and {len(b)} rates")
+    ratios = [x / y for x, y in zip(a, b)]
+    return min(ratios), max(ratios)
 
-    Nothing else runs: no file reading, parsing, shuffling, batching or Python per image. The decode function
-    is mapped over the bytes with ``threads`` parallel calls (default: one per core) and the results are
-    counted inside TensorFlow (``reduce``), so the cores do nothing but the image work.
+
+def _verdict(lo: float, hi: float) -> str:
+    return "faster" if lo > 1 else "slower" if hi < 1 else "within noise"
+
+
+def summarize(results: dict) -> dict:
+    """What the rounds show: per rung its best img/s, x naive and x ceiling (ratios of bests), and, from the
+    paired rounds, whether it is faster than the rung before it and than the ceiling, or within noise.
+
+    Returns ``{"rows": [...], "full_x_naive", "full_x_ceiling", "within_noise": [rung names whose step from the
+    rung before is within noise], "above_ceiling": [rungs whose best beats the ceiling's best],
+    "ceiling_clear_of": [rungs the ceiling beats in every round], "text": a few plain lines}``.
     """
+    rungs, ceiling = results["rungs"], results["ceiling"]
+    naive, top = rungs[0]["img_s"], ceiling["img_s"]
+    rows, within, above, clear = [], [], [], []
+    for k, r in enumerate(rungs):
+        row = {"name": r["name"], "img_s": r["img_s"], "x_naive": r["img_s"] / naive, "x_ceiling": r["img_s"] / top}
+        if k:
+            row["vs_previous"] = paired_ratios(r["rounds"], rungs[k - 1]["rounds"])
+            if _verdict(*row["vs_previous"]) == "within noise":
+                within.append(r["name"])
+        row["vs_ceiling"] = paired_ratios(r["rounds"], ceiling["rounds"])
+        if r["img_s"] > top:
+            above.append(r["name"])
+        if _verdict(*row["vs_ceiling"]) == "slower":
+            clear.append(r["name"])
+        rows.append(row)
+    full = rows[-1]
+    lines = [f"full pipeline ({full['name']}): {full['x_naive']:.2f}x naive, {full['x_ceiling']:.2f}x the ceiling "
+             f"(best of {len(ceiling['rounds'])} rounds)"]
+    lines.append("steps within noise of the rung before (paired rounds on both sides of 1): "
+                 + (", ".join(within) if within else "none"))
+    if above:
+        lines.append("rungs above the ceiling's best: " + ", ".join(above)
+                     + " (the ceiling is not a bound in this run: " + ", ".join(
+                         n for n in above if n not in clear) + " within noise of it)")
+    else:
+        lines.append("the ceiling is at or above every rung"
+                     + ("" if len(clear) == len(rows) else "; within noise of it: "
+                        + ", ".join(r["name"] for r in rows if r["name"] not in clear)))
+    return {"rows": rows, "full_x_naive": full["x_naive"], "full_x_ceiling": full["x_ceiling"],
+            "within_noise": within, "above_ceiling": above, "ceiling_clear_of": clear, "text": "\n".join(lines)}
+
+
+def _ceiling_dataset(jpegs: list[bytes], image_size: int, batch_size: int, threads: int):
+    """Fused decode + random crop + bicubic resize + flip + bf16 cast over in-memory JPEG bytes, ``threads``
+    parallel calls, in batches: no file reading, parsing, shuffling or Python per image."""
     tf = import_tf()
-    threads = threads or os.cpu_count() or 2
-    dtype = tf.bfloat16 if bfloat16 else tf.float32
 
     def one(image_bytes):
         image = preprocess.decode_and_random_crop(image_bytes, image_size, fused=True, bicubic=True)
-        return tf.cast(tf.image.random_flip_left_right(image), dtype)
+        return tf.cast(tf.image.random_flip_left_right(image), tf.bfloat16)
 
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads
     options.threading.max_intra_op_parallelism = 1
     images = tf.data.Dataset.from_tensor_slices(tf.constant(jpegs)).repeat()
-    images = images.map(one, num_parallel_calls=threads, deterministic=False).with_options(options)
-
-    def timed(n: int) -> float:
-        return timer.timed(lambda: images.take(n).reduce(tf.constant(0, tf.int64), lambda c, _: c + 1))[1]
-
-    probe = max(threads * 8, 16)
-    rate = probe / timed(probe)  # calibrate, then time about `seconds`
-    n = max(probe, int(rate * seconds))
-    return n / timed(n)
+    images = images.map(one, num_parallel_calls=threads, deterministic=False)
+    return images.batch(batch_size, drop_remainder=True).map(lambda x: {"image": x}).with_options(options)
 
 
-def measure_ladder(data, *, batch_size: int = 64, image_size: int = 224, seconds: float = 10.0,
+def _block(dataset, seconds: float, max_images: int, warmup: int) -> Callable[[], tuple[float, int]]:
+    """One timed block: a fresh iterator (its threads end with it), ``warmup`` untimed batches, then the timer."""
+    def block():
+        iterator = iter(dataset)
+        try:
+            return timer.rate(iterator, seconds, count=lambda b: int(b["image"].shape[0]), max_items=max_images,
+                              warmup=warmup)
+        finally:
+            del iterator
+    return block
+
+
+def measure_ladder(data, *, batch_size: int = 64, image_size: int = 224, seconds: float = 3.0, rounds: int = 3,
                    max_images: int = 0, warmup: int = 3, rungs=None, threads: int | None = None,
-                   log=print) -> dict:
-    """Time each rung (default: all of ``pipeline.LADDER``) and the ceiling; returns the results."""
+                   extra: dict | None = None, ceiling: bool = True, log=print) -> dict:
+    """Time the ceiling, each rung (default: all of ``pipeline.LADDER``) and each ``extra`` dataset (name ->
+    a ``tf.data.Dataset`` of ``{"image": ...}`` batches or ``(image, label)`` batches) in ``rounds`` interleaved
+    rounds of ``seconds`` per block.
+
+    Returns ``{"rungs": [{"name", "img_s" (best round), "rounds": [img/s per round], "images": [...],
+    "switches"}], "ceiling": {"name", "img_s", "rounds", "images"} (or None), "extra": [like rungs], "rounds",
+    "seconds", "batch_size", "image_size", "data", "cores", "threads", "statistic", "load": [1-minute load
+    average before each round and at the end]}``.
+    """
+    if rounds < 1 or seconds <= 0:
+        raise ValueError(f"rounds must be >= 1 and seconds > 0; got rounds={rounds}, seconds={seconds}")
     tf = import_tf()
-    files, _ = pipeline.resolve_files(data, "train")
-    jpegs = [tf.io.parse_single_example(r, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})
-             ["image/encoded"].numpy() for r in tf.data.TFRecordDataset(files).take(256)]
-    ladder = [(n, s) for n, s in pipeline.LADDER if rungs is None or n in rungs]
-    results = {"rungs": [], "ceiling": []}
-    log(f"{'ceiling (before)':28s} ...", end="", flush=True)
-    results["ceiling"].append(measure_ceiling(jpegs, image_size, seconds, threads=threads))
-    log(f" {results['ceiling'][0]:8.1f} img/s")
-    for name, switches in ladder:
-        log(f"{name:28s} ...", end="", flush=True)
-        ds = pipeline.train_dataset(data, batch_size, image_size=image_size, switches=switches,
-                                    threads=threads, process_index=0, process_count=1)
-        rate, n = _time_batches(iter(ds), seconds, max_images, warmup)
-        results["rungs"].append({"name": name, "img_s": rate, "images": n,
-                                 "switches": {k: v for k, v in vars(switches).items()}})
-        log(f" {rate:8.1f} img/s  ({n} images)")
-        del ds
-    log(f"{'ceiling (after)':28s} ...", end="", flush=True)
-    results["ceiling"].append(measure_ceiling(jpegs, image_size, seconds, threads=threads))
-    log(f" {results['ceiling'][1]:8.1f} img/s")
-    return results
+    names = [n for n, _ in pipeline.LADDER]
+    if rungs is not None and set(rungs) - set(names):
+        raise ValueError(f"rungs: {sorted(set(rungs) - set(names))} unknown; allowed: {names}")
+    threads = threads or os.cpu_count() or 2
+    modes: dict[str, tuple[str, object, dict | None]] = {}  # name -> (kind, dataset, switches)
+    if ceiling:
+        files, _ = pipeline.resolve_files(data, "train")
+        jpegs = [tf.io.parse_single_example(r, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})
+                 ["image/encoded"].numpy() for r in tf.data.TFRecordDataset(files).take(256)]
+        modes[CEILING] = ("ceiling", _ceiling_dataset(jpegs, image_size, batch_size, threads), None)
+    for name, switches in pipeline.LADDER:
+        if rungs is None or name in rungs:
+            ds = pipeline.train_dataset(data, batch_size, image_size=image_size, switches=switches, threads=threads,
+                                        process_index=0, process_count=1)
+            modes[name] = ("rung", ds, dict(vars(switches)))
+    for name, ds in (extra or {}).items():
+        if name in modes:
+            raise ValueError(f"extra: {name!r} is already a mode's name; allowed: any other name")
+        modes[name] = ("extra", ds.map(lambda *t: {"image": t[0]["image"] if isinstance(t[0], dict) else t[0]}), None)
+    blocks = {name: _block(ds, seconds, max_images, warmup) for name, (_, ds, _) in modes.items()}
+    rates: dict[str, list[float]] = {n: [] for n in modes}
+    counts: dict[str, list[int]] = {n: [] for n in modes}
+    load = []
+    for r in range(rounds):
+        load.append(os.getloadavg()[0])
+        log(f"round {r + 1}/{rounds} (load average {load[-1]:.2f}):", end="", flush=True)
+        for name, block in blocks.items():
+            rate, n = block()
+            rates[name].append(rate)
+            counts[name].append(n)
+            log(f" {name} {rate:.0f}", end=",", flush=True)
+        log("")
+    load.append(os.getloadavg()[0])
+
+    def entry(name):
+        kind, _, switches = modes[name]
+        e = {"name": name, "img_s": best_of_rounds(rates[name]), "rounds": rates[name], "images": counts[name]}
+        return dict(e, switches=switches) if kind == "rung" else e
+
+    return {"rungs": [entry(n) for n in modes if modes[n][0] == "rung"],
+            "ceiling": entry(CEILING) if ceiling else None,
+            "extra": [entry(n) for n in modes if modes[n][0] == "extra"],
+            "rounds": rounds, "seconds": seconds, "batch_size": batch_size, "image_size": image_size,
+            "data": str(data), "cores": os.cpu_count(), "threads": threads, "load": load,
+            "statistic": "best of interleaved rounds"}
 
 
-def _table(results: dict, args) -> str:
-    ceiling = sum(results["ceiling"]) / len(results["ceiling"])
-    naive = results["rungs"][0]["img_s"] if results["rungs"] else float("nan")
-    lines = ["| rung | img/s | x naive | x ceiling |", "|---|---:|---:|---:|"]
-    for r in results["rungs"]:
-        lines.append(f"| {r['name']} | {r['img_s']:.0f} | {r['img_s'] / naive:.2f} | "
-                     f"{r['img_s'] / ceiling:.2f} |")
-    lo, hi = min(results["ceiling"]), max(results["ceiling"])
-    lines.append(f"| ceiling: fused decode-crop-resize, in memory, {args.threads or os.cpu_count()} threads "
-                 f"(before {results['ceiling'][0]:.0f}, after {results['ceiling'][1]:.0f}) | {ceiling:.0f} | "
-                 f"{ceiling / naive:.2f} | 1.00 |")
-    if results["rungs"]:
-        full = results["rungs"][-1]["img_s"]
-        lines.append("")
-        lines.append(f"full pipeline: {full / ceiling:.2f}x ceiling (target >= 0.90), {full / naive:.2f}x naive "
-                     f"(target >= 3); ceiling spread {lo:.0f}-{hi:.0f} img/s")
-    return "\n".join(lines)
+def provenance(argv: list[str] | None = None) -> dict:
+    """Where and how a run was measured: CPU model and cores, command, UTC date, labkit commit (and whether the
+    working tree had changes), TensorFlow version, and that these are host-CPU timings."""
+    tf = import_tf()
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--", "labkit")
+    return {"machine": {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()},
+            "command": " ".join(["labkit", "bench", "input"] + list(sys.argv[3:] if argv is None else argv)),
+            "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "labkit_commit": commit, "labkit_changes_uncommitted": bool(dirty) if dirty is not None else None,
+            "tensorflow": tf.__version__, "timings": "host CPU (the pipeline runs for real; not an accelerator host)"}
+
+
+def _table(results: dict) -> str:
+    s = summarize(results)
+    ceiling = results["ceiling"]
+    lines = ["| rung | img/s (best round) | rounds | x naive | x ceiling | vs rung before (paired rounds) |",
+             "|---|---:|---|---:|---:|---|"]
+    for row, r in zip(s["rows"], results["rungs"]):
+        vs = row.get("vs_previous")
+        lines.append(f"| {r['name']} | {r['img_s']:.0f} | {', '.join(f'{x:.0f}' for x in r['rounds'])} | "
+                     f"{row['x_naive']:.2f} | {row['x_ceiling']:.2f} | "
+                     + (f"{vs[0]:.2f}-{vs[1]:.2f}: {_verdict(*vs)}" if vs else "") + " |")
+    lines.append(f"| ceiling: fused decode-crop-resize, in memory, {results['threads']} threads | "
+                 f"{ceiling['img_s']:.0f} | {', '.join(f'{x:.0f}' for x in ceiling['rounds'])} | "
+                 f"{ceiling['img_s'] / results['rungs'][0]['img_s']:.2f} | 1.00 | |")
+    return "\n".join(lines) + "\n\n" + s["text"]
 
 
 def add_arguments(p) -> None:
     p.add_argument("--data", default="photos", help="bundled name or TFRecord directory (default photos)")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     p.add_argument("--image-size", type=int, default=224, help="output image side in pixels (default 224)")
-    p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per rung (default 10)")
-    p.add_argument("--images", type=int, default=0, help="stop a rung after this many images (0: by time)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed batches per rung (default 3)")
+    p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per rung and round (default 3)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds: every rung once per round, the best "
+                   "round counts (default 3)")
+    p.add_argument("--images", type=int, default=0, help="stop a block after this many images (0: by time)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed batches per block (default 3)")
     p.add_argument("--rungs", default=None, help="comma-separated rung names (default: the whole ladder)")
     p.add_argument("--threads", type=int, default=None, help="tf.data private pool and ceiling threads "
                    "(default: one per core)")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--json", default=None, help="also write the results and their provenance (machine, load, "
+                   "command, date, labkit commit) to this JSON file")
 
 
 def run(args) -> int:
@@ -124,25 +251,27 @@ def run(args) -> int:
     names = [n for n, _ in pipeline.LADDER]
     if rungs and set(rungs) - set(names):
         raise ValueError(f"--rungs: {sorted(set(rungs) - set(names))} unknown; allowed: {names}")
+    if rungs and rungs[0] != "naive":
+        rungs = ["naive"] + rungs  # every ratio is against naive
     load0 = os.getloadavg()
-    print(f"labkit bench input: {args.data}, batch {args.batch_size}, {args.image_size}px, "
-          f"{args.seconds:g} s per rung; tf {tf.__version__}, {os.cpu_count()} cores, "
-          f"load average {load0[0]:.2f} at start")
+    print(f"labkit bench input: {args.data}, batch {args.batch_size}, {args.image_size}px, {args.rounds} "
+          f"interleaved rounds of {args.seconds:g} s per rung (best round counts); tf {tf.__version__}, "
+          f"{os.cpu_count()} cores, load average {load0[0]:.2f} at start")
     print("host CPU timings of this machine (the input pipeline runs for real; not an accelerator host)\n")
     try:
         results = measure_ladder(args.data, batch_size=args.batch_size, image_size=args.image_size,
-                                 seconds=args.seconds, max_images=args.images, warmup=args.warmup, rungs=rungs,
-                                 threads=args.threads)
+                                 seconds=args.seconds, rounds=args.rounds, max_images=args.images,
+                                 warmup=args.warmup, rungs=rungs, threads=args.threads)
     except FileNotFoundError as e:
         print(f"labkit bench input: error: {e}", file=sys.stderr)
         return 2
     load1 = os.getloadavg()
     print()
-    print(_table(results, args))
+    print(_table(results))
     print(f"load average {load0[0]:.2f} at start, {load1[0]:.2f} at end ({os.cpu_count()} cores)")
     if args.json:
-        results.update(load_start=load0[0], load_end=load1[0], cores=os.cpu_count(), data=args.data,
-                       batch_size=args.batch_size, image_size=args.image_size)
-        with open(args.json, "w") as f:
+        results["summary"] = {k: v for k, v in summarize(results).items() if k != "rows"}
+        results["provenance"] = provenance()
+        with storage.open_file(args.json, "w") as f:  # a local path or gs://
             json.dump(results, f, indent=1)
     return 0
