@@ -187,7 +187,8 @@ def measure_ladder(data, *, batch_size: int = 64, image_size: int = 224, seconds
 
 def provenance(argv: list[str] | None = None) -> dict:
     """Where and how a run was measured: CPU model and cores, command, UTC date, labkit commit (and whether the
-    working tree had changes), TensorFlow version, and that these are host-CPU timings."""
+    measuring code, ``labkit/bench`` and ``labkit/data``, had uncommitted changes), TensorFlow version, and that
+    these are host-CPU timings."""
     tf = import_tf()
     cpu = platform.processor() or ""
     try:
@@ -205,11 +206,12 @@ def provenance(argv: list[str] | None = None) -> dict:
             return None
 
     commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--", "labkit")
+    dirty = git("status", "--porcelain", "--", "labkit/bench", "labkit/data")  # the measuring code only
     return {"machine": {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()},
             "command": " ".join(["labkit", "bench", "input"] + list(sys.argv[3:] if argv is None else argv)),
             "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "labkit_commit": commit, "labkit_changes_uncommitted": bool(dirty) if dirty is not None else None,
+            "labkit_commit": commit,
+            "measuring_code_uncommitted": bool(dirty) if dirty is not None else None,
             "tensorflow": tf.__version__, "timings": "host CPU (the pipeline runs for real; not an accelerator host)"}
 
 
