@@ -16,7 +16,8 @@ How ops are tied to categories: each trace event of a device op carries ``args.h
 name) and ``args.hlo_module``; the compiled module's proto gives every instruction's opcode and ``op_name``
 metadata, i.e. the jaxpr's name stack (``.../DistributedBatchNorm_0/bn_group_sum/psum``). No HLO text is parsed.
 A device line is a trace process named ``/device:...`` (the profiler's GPU and TPU lines); on CPU the device ops
-run on host threads and are known by their ``hlo_op``.
+run on host threads and are known by their ``hlo_op``. Where a device has XProf's ``XLA Ops`` line, only that
+line counts: its ``Steps``, ``XLA Modules``, framework-op and name-scope lines show the same time again.
 On CPU the devices are simulated threads: collective time includes waiting for the slowest thread (simulation).
 Must not: change training state or the training loop (it builds its own copy of the step).
 """
@@ -106,6 +107,19 @@ def _device_pids(trace: dict) -> set:
             and str(e.get("args", {}).get("name", "")).startswith("/device:")}
 
 
+# XProf's device planes repeat the ops on derived lines (xla/tsl/profiler/utils/xplane_schema.cc): when a device
+# has an "XLA Ops" line, only it is counted; its other lines would count the same time again.
+_OP_LINE = "XLA Ops"
+
+
+def _derived_lines(trace: dict) -> set:
+    """(pid, tid) of every line of a device that has an ``XLA Ops`` line, other than that line itself."""
+    names = {(e.get("pid"), e.get("tid")): str(e.get("args", {}).get("name", ""))
+             for e in trace.get("traceEvents", []) if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    with_op_line = {pid for (pid, _), name in names.items() if name == _OP_LINE}
+    return {key for key, name in names.items() if key[0] in with_op_line and name != _OP_LINE}
+
+
 def step_breakdown(trace: dict, collectives: dict[str, str], modules: set[str] | None = None,
                    instructions: set[str] | None = None) -> dict:
     """Per-step time by category from a trace (``read_trace``) and ``classify_collectives``' table.
@@ -123,11 +137,12 @@ def step_breakdown(trace: dict, collectives: dict[str, str], modules: set[str] |
     if not steps:
         raise ValueError(f"profile: the trace has no {STEP_EVENT!r} events (trace steps inside "
                          f"jax.profiler.StepTraceAnnotation({STEP_EVENT!r}, step_num=i))")
-    device_pids = _device_pids(trace)
-    ops = _top_level([e for e in events
-                      if ("hlo_op" in e.get("args", {}) and (modules is None or e["args"].get("hlo_module") in modules))
-                      or ("hlo_op" not in e.get("args", {}) and "hlo_module" not in e.get("args", {})
-                          and e.get("pid") in device_pids)])  # (a whole-module span is not an op)
+    device_pids, derived = _device_pids(trace), _derived_lines(trace)
+    ops = _top_level([e for e in events if (e.get("pid"), e.get("tid")) not in derived
+                      and (("hlo_op" in e.get("args", {})
+                            and (modules is None or e["args"].get("hlo_module") in modules))
+                           or ("hlo_op" not in e.get("args", {}) and "hlo_module" not in e.get("args", {})
+                               and e.get("pid") in device_pids))])  # (a whole-module span is not an op)
     waits = [e for e in events if e.get("name") == INPUT_EVENT]
     totals = dict.fromkeys(CATEGORIES, 0.0)
     seen: dict[str, set] = {c: set() for c in ("bn_collectives", "gradient_allreduce", "other_collectives")}
