@@ -262,6 +262,15 @@ def summarize(name: str, data: dict) -> str:
             gain = statistics.fmean(v - base for v, base in pairs)
             lines.append(f"paired by seed: g > 1 beats g = 1 in {wins} of {len(pairs)} pairs "
                          f"(mean gain {gain * 100:+.1f} points)")
+        groups = sorted({g for g, _ in by_seed})
+        for a, b in zip(groups, groups[1:]):  # each doubling, paired by seed
+            lines.append(_paired(f"g={b} minus g={a}", by_seed, a, b))
+        if groups and groups[-1] > 1:
+            lines.append(_paired(f"g={groups[-1]} minus g=1", by_seed, 1, groups[-1]))
+        sds = [_mean_sd(r["top1"] for r in rs)[1] for rs in _by(runs, "bn_group").values()]
+        lines.append(f"noise: seed-to-seed sd of top-1 within one g: {min(sds) * 100:.1f}-{max(sds) * 100:.1f} "
+                     "points; a difference is resolved here only if every paired seed agrees in sign and its "
+                     "mean exceeds 2 x its standard error")
     elif name == "large_batch":
         for label, rs in _by_optimizer(runs).items():
             cells = [f"{r['global_batch']}: {r['top1']:.4f} ({r['steps']} steps, peak LR {r['peak_lr']:g})"
@@ -276,13 +285,42 @@ def summarize(name: str, data: dict) -> str:
             gaps = [f"{r['global_batch']}: {(r['top1'] - sgd[r['global_batch']]) * 100:+.1f}"
                     for r in best["lars"] if r["global_batch"] in sgd]
             lines.append("LARS minus SGD (points, each at its better LR): " + "; ".join(gaps))
+        seeds = {r.get("seed") for r in runs}
+        lines.append(f"noise: {len(seeds)} seed per point, so this experiment measures no spread of its own"
+                     if len(seeds) == 1 else f"noise: {len(seeds)} seeds per point")
     else:
         for r in sorted(runs, key=lambda r: _LADDER_ORDER.index(r["input_rung"])):
             tta = r["time_to_accuracy_s"]
             lines.append(f"{r['input_rung']}: time to 65% {'not reached' if tta is None else f'{tta:.1f} s'}, "
                          f"top-1 {r['top1']:.4f}, {r['images_per_s']:,.0f} images/s steady, "
                          f"input wait {r['input_wait_s'] or 0:.1f} s (simulation)")
+        load = _collected_load(data.get("machine", ""))
+        lines.append(f"timings: one run per rung, run one after another (not interleaved), on "
+                     f"{'a machine of unknown load' if load is None else f'a machine at load average {load:g} when collected'}"
+                     "; CPU simulation")
     return "\n".join(lines)
+
+
+def _paired(label: str, by_seed: dict, a, b) -> str:
+    """Top-1 of g=b minus g=a over the seeds both have: mean, standard error, range, and whether it is resolved."""
+    diffs = [by_seed[(b, s)] - by_seed[(a, s)] for (g, s) in sorted(by_seed) if g == a and (b, s) in by_seed]
+    m, sd = _mean_sd(diffs)
+    se = sd / math.sqrt(len(diffs)) if diffs else math.nan
+    agree = all(d > 0 for d in diffs) or all(d < 0 for d in diffs)
+    verdict = "resolved" if diffs and agree and abs(m) > 2 * se else "within noise"
+    return (f"{label}: {m * 100:+.1f} points (se {se * 100:.1f}; seeds {', '.join(f'{d * 100:+.1f}' for d in diffs)})"
+            f": {verdict}")
+
+
+def _collected_load(machine: str) -> float | None:
+    """The load average that ``machine.txt`` recorded when the results were collected (None if absent)."""
+    for line in machine.splitlines():
+        if line.startswith("load average when collected:"):
+            try:
+                return float(line.split(":", 1)[1].split()[0])
+            except (IndexError, ValueError):
+                return None
+    return None
 
 
 def plot(name: str, data: dict):
