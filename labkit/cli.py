@@ -29,12 +29,12 @@ def add_topology_args(p: argparse.ArgumentParser) -> None:
 
 def start_jax(cpu_devices: int) -> int:
     """What comes before any backend exists: ``cpu_devices`` simulated CPU devices, XLA's latency-hiding
-    flags on GPU, and joining a multi-host job (``labkit.mesh.initialize_multihost``). Returns the process count."""
-    from labkit import mesh
+    flags on GPU, and joining a multi-host job (``labkit.multihost.initialize_multihost``). Returns the process count."""
+    from labkit import mesh, multihost
     from labkit.train.overlap import enable_latency_hiding
     mesh.simulate_devices(cpu_devices)
     enable_latency_hiding()
-    return mesh.initialize_multihost()
+    return multihost.initialize_multihost()
 
 
 def build_topology(args):

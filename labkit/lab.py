@@ -12,6 +12,7 @@ import os
 import time
 
 __all__ = ["Env", "setup", "bn_exactness", "bn_group_sweep", "bn_collectives", "feed_demo", "input_ladder",
+           "input_reference", "input_switches", "check_input_chain",
            "torus_phases", "collective_steps", "allreduce_collectives", "resnet50_bn_layers", "pod_projection",
            "show_live"]
 
@@ -53,7 +54,8 @@ def setup(cpu_devices: int | None = None) -> Env:
     Call it first in a notebook, before any JAX computation. Safe to call again (a re-run cell).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from labkit.mesh import device_plan, initialize_multihost, simulate_devices
+    from labkit.mesh import device_plan, simulate_devices
+    from labkit.multihost import initialize_multihost
     from labkit.train.overlap import enable_latency_hiding
     simulate_devices(cpu_devices or int(os.environ.get("LABKIT_CPU_DEVICES", 8)))
     enable_latency_hiding()  # XLA reads its flags when the GPU client starts: before any backend use
@@ -109,42 +111,64 @@ def bn_exactness(topo, *, per_replica: int = 4, channels: int = 5, seed: int = 0
 
 def bn_group_sweep(groups=(1, 2, 4, 8), per_replica=(2, 4, 8, 16), *, trials: int = 24, channels: int = 8,
                    shape=None, seed: int = 0) -> list[dict]:
-    """Measure BN-statistics noise for each BN group size and per-replica batch; returns one row per pair.
+    """Measure BN-statistics noise, mean and variance, for each BN group size and per-replica batch; one row per
+    pair.
 
     The input of a BN layer: real digits through a fixed random 3x3 conv (``channels`` outputs). For each of
     ``trials`` fresh global batches (``replicas x n`` images drawn without replacement), grouped BN runs on the
-    mesh and reports, per replica and channel, the mean it normalized with; the noise is the RMS over trials,
-    replicas and channels of (that mean - the whole global batch's mean) / the global batch's std, computed in
-    float64 on the host. Prediction for images drawn at random: ``c * sqrt(1/(g n) - 1/(R n))`` =
-    ``c * sqrt(1 - g/R) / sqrt(BN batch)``, with ``c^2`` = the between-image variance of per-image channel means
-    over the pixel variance, from the whole data set. Row keys: ``bn_group``, ``per_replica``, ``bn_batch``,
-    ``global_batch``, ``replicas``, ``noise``, ``predicted``.
+    mesh and reports, per replica and channel, the mean and variance it normalized with. Mean noise: the RMS over
+    trials, replicas and channels of (that mean - the global batch's mean) / the global batch's std; variance
+    noise: of (that variance - the global batch's variance) / the global batch's variance; both in float64 on
+    the host. Predictions for images drawn at random (an image is the unit of sampling: its pixels are not
+    independent): ``c * sqrt(1/(g n) - 1/(R n))`` = ``c * sqrt(1 - g/R) / sqrt(BN batch)`` for the mean and the
+    same with ``c_var`` for the variance (``_noise_constants``: from the whole data set). Row keys:
+    ``bn_group``, ``per_replica``, ``bn_batch``, ``global_batch``, ``replicas``, ``noise``, ``predicted``,
+    ``var_noise``, ``var_predicted``, ``c``, ``c_var``.
     """
     import numpy as np
     from labkit.data import digits_batch
     from labkit.mesh import Topology
     images, _ = digits_batch(1797, 8)  # every image of the data set
     feats = _random_conv(images, channels, seed)
-    per_image = feats.mean((1, 2), dtype=np.float64)
-    c2 = float(np.mean(per_image.var(0) / feats.reshape(-1, channels).astype(np.float64).var(0)))
+    c, c_var = _noise_constants(feats)
     rng = np.random.default_rng(seed)
     rows = []
     for g in groups:
         topo = Topology.build(shape=shape, bn_group=g)
-        means = _group_means_fn(topo)
+        stats = _group_stats_fn(topo)
         r = topo.num_replicas
         for n in per_replica:
-            sq = []
+            sq, sq_var = [], []
             for _ in range(trials):
                 x = feats[rng.choice(len(feats), r * n, replace=False)]
-                group_mean = np.asarray(means(topo.shard_batch(x)), np.float64)  # [replicas, channels]
+                got = np.asarray(stats(topo.shard_batch(x)), np.float64)  # [replicas, 2 (mean, var), channels]
                 x64 = x.astype(np.float64)
-                mu, sd = x64.mean((0, 1, 2)), x64.std((0, 1, 2))
-                sq.append(float(np.mean(((group_mean - mu) / sd) ** 2)))
+                mu, var = x64.mean((0, 1, 2)), x64.var((0, 1, 2))
+                sq.append(float(np.mean((got[:, 0] - mu) ** 2 / var)))
+                sq_var.append(float(np.mean((got[:, 1] / var - 1) ** 2)))
+            spread = np.sqrt(max(0.0, 1 / (g * n) - 1 / (r * n)))
             rows.append({"bn_group": g, "per_replica": n, "bn_batch": g * n, "global_batch": r * n,
-                         "replicas": r, "noise": float(np.sqrt(np.mean(sq))),
-                         "predicted": float(np.sqrt(c2 * max(0.0, 1 / (g * n) - 1 / (r * n))))})
+                         "replicas": r, "noise": float(np.sqrt(np.mean(sq))), "predicted": float(c * spread),
+                         "var_noise": float(np.sqrt(np.mean(sq_var))), "var_predicted": float(c_var * spread),
+                         "c": c, "c_var": c_var})
     return rows
+
+
+def _noise_constants(feats) -> tuple[float, float]:
+    """(c, c_var) of BN noise for ``feats`` [images, H, W, C], images as the units of sampling, float64.
+
+    ``c^2``: the variance between images of a channel's per-image mean over the pixel variance. ``c_var^2``: the
+    variance between images of q_i = the image's mean of (x - mu)^2, over sigma^4 (mu, sigma^2: the data set's
+    mean and variance of the channel); averaged over channels. The mean of m such units has relative variance
+    ``c_var^2 / m``: the textbook variance of a sample variance, (mu_4 - sigma^4) / m (= 2 sigma^4 / m for normal
+    data), with images in place of independent values. The group-mean term of the sample variance is second order.
+    """
+    import numpy as np
+    x = np.asarray(feats, np.float64).reshape(len(feats), -1, feats.shape[-1])  # [images, pixels, C]
+    mu, var = x.mean((0, 1)), x.var((0, 1))
+    c2 = np.mean(x.mean(1).var(0) / var)
+    q = np.square(x - mu).mean(1)                                               # [images, C]
+    return float(np.sqrt(c2)), float(np.sqrt(np.mean(q.var(0) / var ** 2)))
 
 
 def _random_conv(images, channels: int, seed: int):
@@ -160,19 +184,19 @@ def _random_conv(images, channels: int, seed: int):
     return out
 
 
-def _group_means_fn(topo):
-    """jit(shard_map): each replica's batch in, the per-channel mean its BN group normalized with out."""
+def _group_stats_fn(topo):
+    """jit(shard_map): each replica's batch in, the per-channel (mean, variance) its BN group normalized with out."""
     import jax
+    import jax.numpy as jnp
     from jax.sharding import PartitionSpec as P
     from labkit.bn import DistributedBatchNorm
     bn = DistributedBatchNorm(use_running_average=False, momentum=0.0, axis_name=topo.bn_axes)
 
-    def body(xr):  # momentum 0: the new running mean IS the group mean used to normalize
-        _, new = bn.apply({"batch_stats": {"mean": jax.numpy.zeros(xr.shape[-1]),
-                                           "var": jax.numpy.ones(xr.shape[-1])},
-                           "params": {"scale": jax.numpy.ones(xr.shape[-1]),
-                                      "bias": jax.numpy.zeros(xr.shape[-1])}}, xr, mutable=["batch_stats"])
-        return new["batch_stats"]["mean"][None]
+    def body(xr):  # momentum 0: the new running statistics ARE the group's (mean, biased variance) used
+        c = xr.shape[-1]
+        _, new = bn.apply({"batch_stats": {"mean": jnp.zeros(c), "var": jnp.ones(c)},
+                           "params": {"scale": jnp.ones(c), "bias": jnp.zeros(c)}}, xr, mutable=["batch_stats"])
+        return jnp.stack([new["batch_stats"]["mean"], new["batch_stats"]["var"]])[None]
 
     axes = topo.replica_axes
     return jax.jit(jax.shard_map(body, mesh=topo.mesh, in_specs=P(axes), out_specs=P(axes)))
@@ -400,26 +424,108 @@ def _eval(jaxpr, env: dict) -> None:
             env[v] = o
 
 
-def input_ladder(data: str = "photos", *, rounds: int = 3, seconds: float = 1.0, batch_size: int = 32,
-                 log=None) -> dict:
-    """The input ladder measured ``rounds`` times (every rung once per round, so drift hits all rungs alike).
+def input_ladder(data: str = "photos", *, rounds: int = 3, seconds: float = 1.5, batch_size: int = 64,
+                 rungs=None, extra: dict | None = None, ceiling: bool = True, log=None) -> dict:
+    """The input ladder measured as ``labkit bench input`` does (``labkit.bench.input.measure_ladder``): the
+    ceiling and every rung (and each ``extra`` name -> dataset) in ``rounds`` interleaved rounds of ``seconds``
+    each, a rung's figure its best round. Adds ``summary`` (``bench.input.summarize``: x naive, x ceiling, and
+    which steps are within noise, from the paired rounds) when the ceiling was measured."""
+    from labkit.bench import input as bench
+    results = bench.measure_ladder(data, batch_size=batch_size, seconds=seconds, rounds=rounds, rungs=rungs,
+                                   extra=extra, ceiling=ceiling, log=log or (lambda *a, **k: None))
+    if ceiling:
+        results["summary"] = bench.summarize(results)
+    return results
 
-    Returns ``labkit.bench.input.measure_ladder``'s form with each rung's median ``img_s`` and its
-    ``img_s_min``/``img_s_max`` over rounds, every ceiling measurement (two per round), ``cores`` and the
-    1-minute ``load`` average at start and end.
-    """
-    import statistics
-    from labkit.bench.input import measure_ladder
-    load_start = os.getloadavg()[0]  # a busy machine makes short timings noise: say so next to them
-    runs = [measure_ladder(data, batch_size=batch_size, seconds=seconds, log=log or (lambda *a, **k: None))
-            for _ in range(rounds)]
-    rungs = []
-    for i, rung in enumerate(runs[0]["rungs"]):
-        rates = [run["rungs"][i]["img_s"] for run in runs]
-        rungs.append({"name": rung["name"], "img_s": statistics.median(rates), "img_s_min": min(rates),
-                      "img_s_max": max(rates), "rounds": rates})
-    return {"rungs": rungs, "ceiling": [c for run in runs for c in run["ceiling"]], "rounds": rounds,
-            "seconds": seconds, "cores": os.cpu_count(), "load": (load_start, os.getloadavg()[0])}
+
+_REFERENCE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks", "reference")
+
+
+def input_reference(path: str | None = None, *, missing_ok: bool = False) -> dict | None:
+    """The committed reference run of the input ladder (``labkit bench input --json``; default
+    ``notebooks/reference/02_input_ladder.json``), with its ``summary`` recomputed from its rounds.
+
+    Raises ``FileNotFoundError`` (naming the path) where the file is missing (e.g. labkit installed without the
+    repository; ``missing_ok``: returns None instead) and ``ValueError`` naming the missing keys where it is not
+    such a run."""
+    import json
+    from labkit import storage
+    from labkit.bench import input as bench
+    path = path or os.path.join(_REFERENCE_DIR, "02_input_ladder.json")
+    if not storage.exists(path):
+        if missing_ok:
+            return None
+        raise FileNotFoundError(f"input reference: no file at {path!r}; it is committed in the repository's "
+                                "notebooks/reference/ (write one with: labkit bench input --json PATH)")
+    with storage.open_file(path, "r") as f:
+        results = json.load(f)
+    needed = ("rungs", "ceiling", "rounds", "seconds", "batch_size", "load", "provenance")
+    missing = [k for k in needed if k not in results]
+    if missing or not results["rungs"] or not isinstance(results["ceiling"], dict):
+        raise ValueError(f"input reference {path!r}: missing {missing or ['rungs/ceiling']}; allowed: the JSON "
+                         f"of `labkit bench input --json` (keys {list(needed)})")
+    results["summary"] = bench.summarize(results)
+    return results
+
+
+def input_switches(switches: dict, data: str = "photos", *, rounds: int = 2, seconds: float = 0.8,
+                   batch_size: int = 64) -> dict:
+    """A brief re-measure for the rung switches: naive, the naive pipeline with ``switches`` (name -> bool, the
+    ladder's switches) turned on, and the full pipeline, in ``rounds`` interleaved rounds (best round counts).
+    Returns ``{"switches": the ones on, "modes": [{"name", "img_s", "rounds"}], "load", "seconds", "rounds"}``."""
+    import dataclasses
+    from labkit.data import pipeline
+    naive = dict(pipeline.LADDER)["naive"]
+    names = [n for n in pipeline.LADDER[-1][1].added(naive)]
+    unknown = sorted(set(switches) - set(names))
+    if unknown:
+        raise ValueError(f"switches: {unknown} unknown; allowed: {names}")
+    chosen = dataclasses.replace(naive, **{k: bool(v) for k, v in switches.items()})
+    on = [n for n in names if getattr(chosen, n)]
+    label = "your switches: " + (", ".join(on) if on else "none (= naive)")
+    ds = pipeline.train_dataset(data, batch_size, switches=chosen, process_index=0, process_count=1)
+    results = input_ladder(data, rounds=rounds, seconds=seconds, batch_size=batch_size,
+                           rungs=["naive", pipeline.LADDER[-1][0]], extra={label: ds}, ceiling=False)
+    modes = results["rungs"][:1] + results["extra"] + results["rungs"][1:]
+    return {"switches": on, "modes": [{k: m[k] for k in ("name", "img_s", "rounds")} for m in modes],
+            "load": results["load"], "seconds": seconds, "rounds": rounds, "cores": results["cores"]}
+
+
+def check_input_chain(make_chain, data: str = "photos", *, batch_size: int = 32, image_size: int = 224) -> dict:
+    """Check a from-scratch tf.data chain against labkit's: ``make_chain(files, batch_size, image_size,
+    epochs=1)`` over the validation files must give batches ``(images [B, S, S, 3], labels [B] int32)`` holding
+    exactly the (label, image) pairs of ``labkit.data.eval_dataset`` (centre crop 224/256, fused decode,
+    bicubic resize, 0-based labels), each once, in any order: a dropped, repeated, mislabelled or differently
+    cropped image fails. Returns ``{"spec_ok", "same", "images", "missing", "extra", "spec"}``."""
+    import collections
+    import hashlib
+    import numpy as np
+    from labkit.data import eval_dataset, pipeline
+    from labkit.data._tf import import_tf
+    tf = import_tf()
+    files, _ = pipeline.resolve_files(data, "validation")
+    chain = make_chain(files, batch_size, image_size, epochs=1)
+    spec = chain.element_spec
+    spec_ok = (isinstance(spec, tuple) and len(spec) == 2 and spec[0].shape.as_list()[1:] == [image_size,
+               image_size, 3] and spec[1].dtype == tf.int32 and spec[1].shape.rank == 1)
+    dtype = spec[0].dtype if spec_ok else tf.float32
+
+    def key(image, label):  # the image as the chain's dtype would hold it, then its bytes
+        pixels = np.asarray(tf.cast(tf.cast(image, dtype), tf.float32))
+        return int(label), hashlib.sha1(pixels.tobytes()).hexdigest()
+
+    theirs = collections.Counter()
+    if spec_ok:
+        for images, labels in chain:
+            theirs.update(key(i, lab) for i, lab in zip(images, labels))
+    ours = collections.Counter()
+    host_dtype = pipeline.Switches(bfloat16=dtype == tf.bfloat16)  # labkit's host cast, as the chain's
+    for batch in eval_dataset(data, batch_size, image_size=image_size, switches=host_dtype, process_index=0,
+                              process_count=1):
+        ours.update(key(i, lab) for i, lab, m in zip(batch["image"], batch["label"], batch["mask"]) if m)
+    missing, extra = sum((ours - theirs).values()), sum((theirs - ours).values())
+    return {"spec_ok": spec_ok, "same": spec_ok and not missing and not extra, "images": sum(ours.values()),
+            "missing": missing, "extra": extra, "spec": str(spec)}
 
 
 def resnet50_bn_layers() -> list[int]:

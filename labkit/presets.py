@@ -117,7 +117,8 @@ def gpu_resnet50() -> Config:
 
 def _compute(cpu_devices: int = 8) -> tuple[str, int, str]:
     """(device kind, count, platform) of the plan's compute devices (this starts JAX: the start-up comes first)."""
-    from labkit.mesh import device_plan, initialize_multihost, simulate_devices
+    from labkit.mesh import device_plan, simulate_devices
+    from labkit.multihost import initialize_multihost
     from labkit.train.overlap import enable_latency_hiding
     try:
         simulate_devices(cpu_devices)

@@ -26,7 +26,8 @@ import jax
 from labkit import bn, storage, telemetry
 from labkit.collectives import make_reducer
 from labkit.config import Config
-from labkit.mesh import Topology, allowed_bn_groups, initialize_multihost, simulate_devices
+from labkit.mesh import Topology, allowed_bn_groups, simulate_devices
+from labkit.multihost import initialize_multihost
 from labkit.models import count_params, create_model
 from labkit.train.checkpoint import Checkpointer, check_workdir_config
 from labkit.train.device_loop import StepPrograms, WindowClock, read_window, run_stretch

@@ -63,7 +63,7 @@ def test_two_processes_match_one(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------------
 # Joining a job the way JAX intends: two local processes under the environment each launcher really sets,
-# found by JAX's own cluster detection (jax/_src/clusters) through labkit.mesh.initialize_multihost().
+# found by JAX's own cluster detection (jax/_src/clusters) through labkit.multihost.initialize_multihost().
 # Each worker then builds the 2x4 torus over both processes and sums over it.
 
 _JOIN = """
@@ -78,7 +78,8 @@ if os.environ.get("TEST_UNMARK_TPU_VM"):
     os.environ.pop("TPU_SKIP_MDS_QUERY", None)
 from labkit import mesh
 mesh.simulate_devices(4)
-n = mesh.initialize_multihost()
+from labkit import multihost
+n = multihost.initialize_multihost()
 topo = mesh.Topology.build(shape="2x4", bn_group=4)
 rows = [[d.process_index for d in row] for row in topo.mesh.devices.reshape(2, 4)]
 mine = topo.shard_batch(np.full((4, 1), jax.process_index() + 1, np.float32))
