@@ -66,7 +66,7 @@ fashion-mnist:
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval-sanitize.cfg --nbval-cell-timeout 900
 
 test: $(STAMP) chromium fashion-mnist
-	$(VENV)/bin/python -m pytest tests notebooks $(NBVAL)
+	$(VENV)/bin/python -m pytest tests notebooks $(NBVAL) --durations=25
 
 info: $(STAMP)
 	$(VENV)/bin/labkit info
