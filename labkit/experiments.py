@@ -265,8 +265,8 @@ def summarize(name: str, data: dict) -> str:
         groups = sorted({g for g, _ in by_seed})
         for a, b in zip(groups, groups[1:]):  # each doubling, paired by seed
             lines.append(_paired(f"g={b} minus g={a}", by_seed, a, b))
-        if groups and groups[-1] > 1:
-            lines.append(_paired(f"g={groups[-1]} minus g=1", by_seed, 1, groups[-1]))
+        for g in groups[:-2]:  # the largest group against each smaller one (the ones not already a doubling)
+            lines.append(_paired(f"g={groups[-1]} minus g={g}", by_seed, g, groups[-1]))
         sds = [_mean_sd(r["top1"] for r in rs)[1] for rs in _by(runs, "bn_group").values()]
         lines.append(f"noise: seed-to-seed sd of top-1 within one g: {min(sds) * 100:.1f}-{max(sds) * 100:.1f} "
                      "points; a difference is resolved here only if every paired seed agrees in sign and its "
@@ -389,7 +389,9 @@ def plot(name: str, data: dict):
             bx.annotate("not reached" if ttas[rung] is None else f"{ttas[rung]:.0f} s", (k, ttas[rung] or 0),
                         ha="center", fontsize=8, textcoords="offset points", xytext=(0, 3))
         bx.set_ylabel("time to 65% top-1 (s, simulation)")
-        bx.set_title("time to accuracy", fontsize=10)
+        load = _collected_load(data.get("machine", ""))
+        bx.set_title("time to accuracy: one run per rung, not interleaved"
+                     + ("" if load is None else f",\nload average {load:g} on the machine when collected"), fontsize=9)
     return Plot(fig, EXPERIMENTS[name]["title"])
 
 
