@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 from typing import Iterable, Sequence
 
-__all__ = ["Plot", "torus_groups", "bn_noise", "input_ladder", "feed_demo", "collective_sweep",
+__all__ = ["Plot", "torus_groups", "bn_noise", "input_ladder", "input_switches", "feed_demo", "collective_sweep",
            "torus_phases", "collective_steps", "training_curves", "pod_projection", "pod_sensitivity", "comm_fraction",
            "step_breakdown"]
 
@@ -73,49 +73,92 @@ def _square(cx, cy, color, size=0.9):
 
 
 def bn_noise(rows: Sequence[dict]) -> Plot:
-    """Measured BN noise against BN batch (log-log), one colour per group size, with the prediction lines.
+    """Measured BN noise against BN batch (log-log), one colour per group size, with the prediction lines: the
+    mean's noise, and beside it the variance's when the rows carry it (``var_noise``, ``var_predicted``).
 
-    ``rows`` from ``lab.bn_noise``: ``bn_group``, ``bn_batch``, ``noise``, ``predicted``, ``replicas``.
+    ``rows`` from ``lab.bn_group_sweep``: ``bn_group``, ``bn_batch``, ``noise``, ``predicted``, ``replicas``.
     A group spanning every replica has zero noise by definition (it *is* the global batch): listed, not drawn.
     """
-    fig, ax = _figure(width=6.4, height=4.0)
+    panels = [("noise", "predicted", "mean: RMS (group - global) / std", "c")]
+    if all("var_noise" in r for r in rows):
+        panels.append(("var_noise", "var_predicted", "variance: RMS (group - global) / global", "c_var"))
+    fig, axes = _figure(len(panels), width=5.2 * len(panels) + 0.6, height=4.0)
+    axes = list(axes) if len(panels) > 1 else [axes]
     groups = sorted({r["bn_group"] for r in rows})
-    for k, g in enumerate(groups):
-        mine = sorted((r for r in rows if r["bn_group"] == g and r["predicted"] > 0), key=lambda r: r["bn_batch"])
-        if not mine:
-            continue
-        color = _COLORS[k % len(_COLORS)]
-        b = [r["bn_batch"] for r in mine]
-        ax.plot(b, [r["noise"] for r in mine], "o", color=color, label=f"g={g} measured")
-        ax.plot(b, [r["predicted"] for r in mine], "-", color=color, alpha=0.7,
-                label=f"g={g}: c·sqrt(1-g/R)/sqrt(BN batch)")
-    ax.set_xscale("log", base=2), ax.set_yscale("log")
-    ax.set_xlabel("BN batch = g x images per replica")
-    ax.set_ylabel("RMS (group mean - global-batch mean) / std")
+    for ax, (key, pred, ylabel, const) in zip(axes, panels):
+        for k, g in enumerate(groups):
+            mine = sorted((r for r in rows if r["bn_group"] == g and r["predicted"] > 0), key=lambda r: r["bn_batch"])
+            if not mine:
+                continue
+            color = _COLORS[k % len(_COLORS)]
+            b = [r["bn_batch"] for r in mine]
+            ax.plot(b, [r[key] for r in mine], "o", color=color, label=f"g={g} measured")
+            ax.plot(b, [r[pred] for r in mine], "-", color=color, alpha=0.7,
+                    label=f"g={g}: {const}·sqrt(1-g/R)/sqrt(BN batch)")
+        ax.set_xscale("log", base=2), ax.set_yscale("log")
+        ax.set_xlabel("BN batch = g x images per replica"), ax.set_ylabel(ylabel)
+        value = next((f" = {r[const]:.3f}" for r in rows if const in r), "")
+        ax.set_title(f"{ylabel.split(':')[0]}, {const}{value}", fontsize=9)
+        ax.legend(fontsize=6.5, loc="lower left")
+        ax.grid(True, which="both", alpha=0.3)
     full = [r for r in rows if r["predicted"] == 0]
     note = f"; g={full[0]['bn_group']} (all replicas): exactly 0" if full else ""
-    ax.set_title(f"BN noise per channel, fresh batches{note}", fontsize=10)
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(f"BN noise per channel, fresh batches{note}", fontsize=10)
     return Plot(fig, "BN noise vs BN batch")
 
 
-def input_ladder(results: dict, *, label: str = "") -> Plot:
-    """Images/s of each rung of the input ladder (bars with their spread over rounds) and the ceiling band."""
-    rungs = results["rungs"]
-    fig, ax = _figure(width=7.0, height=3.6)
-    names = [r["name"] for r in rungs]
-    rates = [r["img_s"] for r in rungs]
-    errs = [[r["img_s"] - r.get("img_s_min", r["img_s"]) for r in rungs],
-            [r.get("img_s_max", r["img_s"]) - r["img_s"] for r in rungs]]
-    ax.bar(range(len(rungs)), rates, color=_COLORS[0], yerr=errs, capsize=3)
-    lo, hi = min(results["ceiling"]), max(results["ceiling"])
-    ax.axhspan(lo, hi, color=_COLORS[1], alpha=0.25, label=f"ceiling: decode-crop-resize in memory ({lo:.0f}-{hi:.0f})")
-    ax.set_xticks(range(len(rungs)), names, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("images/s")
-    ax.set_title(f"input ladder{(' · ' + label) if label else ''}", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left")
-    return Plot(fig, "input ladder")
+def input_ladder(results: dict, *, reference: dict | None = None, label: str = "",
+                 reference_label: str = "") -> Plot:
+    """Images/s of each rung (bar: best of the interleaved rounds; dots: every round) and the ceiling (line: its
+    best round; band: all its rounds), with each bar's x naive; a second panel the same for ``reference``."""
+    runs = [(results, label or "this run")] + ([(reference, reference_label or "reference")] if reference else [])
+    fig, axes = _figure(len(runs), width=6.2 * len(runs), height=3.8)
+    axes = axes if len(runs) > 1 else [axes]
+    top = max(max(r["img_s"] for r in res["rungs"] + [res["ceiling"]]) for res, _ in runs)
+    for ax, (res, title) in zip(axes, runs):
+        rungs, ceiling = res["rungs"], res["ceiling"]
+        naive = rungs[0]["img_s"]
+        ax.bar(range(len(rungs)), [r["img_s"] for r in rungs], color=_COLORS[0], label="best round")
+        for k, r in enumerate(rungs):
+            ax.plot([k] * len(r["rounds"]), r["rounds"], ".", color="k", ms=4,
+                    label="each round" if k == 0 else None)
+            ax.text(k, r["img_s"], f"{r['img_s'] / naive:.2f}x", ha="center", va="bottom", fontsize=7)
+        ax.axhspan(min(ceiling["rounds"]), max(ceiling["rounds"]), color=_COLORS[1], alpha=0.2)
+        ax.axhline(ceiling["img_s"], color=_COLORS[1], lw=1.5,
+                   label=f"ceiling (decode alone, in memory): {ceiling['img_s']:.0f}")
+        ax.set_xticks(range(len(rungs)), [r["name"] for r in rungs], rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(0, 1.18 * top)
+        ax.set_ylabel("images/s (x naive above each bar)")
+        load = res.get("load") or [float("nan")]
+        ax.set_title(f"{title}\n{len(ceiling['rounds'])} rounds of {res.get('seconds', float('nan')):g} s, load "
+                     f"{min(load):.1f}-{max(load):.1f} on {res.get('cores', '?')} cores", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+    return Plot(fig, "input ladder" + (" and reference" if reference else ""))
+
+
+def input_switches(result: dict, *, ladder: dict | None = None) -> Plot:
+    """The rung-switch re-measure (``lab.input_switches``): naive, the chosen switches, the full pipeline (best
+    round, dots every round), with the stored ladder's best naive and full pipeline as dashed lines."""
+    modes = result["modes"]
+    fig, ax = _figure(width=6.4, height=3.4)
+    naive = modes[0]["img_s"]
+    colors = [_COLORS[6], _COLORS[2], _COLORS[0]]
+    ax.barh(range(len(modes)), [m["img_s"] for m in modes], color=colors[:len(modes)])
+    for k, m in enumerate(modes):
+        ax.plot(m["rounds"], [k] * len(m["rounds"]), ".", color="k", ms=4)
+        ax.text(m["img_s"], k, f" {m['img_s']:.0f} img/s ({m['img_s'] / naive:.2f}x naive)", va="center", fontsize=8)
+    if ladder:
+        for r, style in ((ladder["rungs"][0], ":"), (ladder["rungs"][-1], "--")):
+            ax.axvline(r["img_s"], color="0.4", ls=style, lw=1, label=f"the ladder above: {r['name']}")
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set_yticks(range(len(modes)), [m["name"] for m in modes], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.45 * max(m["img_s"] for m in modes))
+    ax.set_xlabel("images/s (best round; dots: each round)")
+    load = result.get("load") or [float("nan")]
+    ax.set_title(f"{result['rounds']} rounds of {result['seconds']:g} s, load {min(load):.1f}-{max(load):.1f} on "
+                 f"{result.get('cores', '?')} cores", fontsize=9)
+    return Plot(fig, "input switches: " + (", ".join(result["switches"]) or "none"))
 
 
 def feed_demo(results: Sequence[dict]) -> Plot:

@@ -182,3 +182,131 @@ def test_collective_steps_on_4x4_match_the_model():
 def test_collective_steps_names_the_allowed_algorithms():
     with pytest.raises(ValueError, match=r"'torus2d'.*allowed values: \['ring', 'torus2d_links'"):
         lab.collective_steps(("torus2d",))
+
+
+# --- lab.bn_group_sweep: the noise constants against the textbook variance of a sample variance ------------------
+
+@pytest.mark.parametrize("draw, var_of_sample_var", [
+    (lambda rng, m: rng.normal(3.0, 2.0, m), 2.0),      # normal: Var(s^2) = 2 sigma^4 / m (excess kurtosis 0)
+    (lambda rng, m: rng.uniform(-1.0, 5.0, m), 0.8),    # uniform: (mu_4 / sigma^4 - 1) = 9/5 - 1
+])
+def test_noise_constants_are_the_textbook_sample_variance_constants(draw, var_of_sample_var):
+    """One independent value per image: c = 1 (an image's mean is its value) and c_var^2 = the published
+    large-m variance of a sample variance over sigma^4, (mu_4 - sigma^4) / sigma^4 (= 2 + excess kurtosis)."""
+    import numpy as np
+    feats = np.stack([draw(np.random.default_rng(k), 200_000) for k in range(2)], -1).reshape(-1, 1, 1, 2)
+    c, c_var = lab._noise_constants(feats.astype(np.float32))
+    assert c == pytest.approx(1.0, abs=1e-9)
+    assert c_var ** 2 == pytest.approx(var_of_sample_var, rel=0.03)
+
+
+def test_noise_constants_predict_a_simulated_group_variance():
+    """Images of 4 correlated pixels drawn at random: the RMS relative error of the variance of m images, over
+    many draws (numpy, float64), equals c_var / sqrt(m) (sampling with replacement: no 1 - g/R factor)."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    base = rng.gamma(2.0, 1.0, (20_000, 1, 1, 1))
+    feats = base + rng.normal(0, 0.5, (20_000, 2, 2, 1))      # pixels of an image share its base value
+    _, c_var = lab._noise_constants(feats)
+    x = feats.reshape(len(feats), -1)
+    mu, var = x.mean(), x.var()
+    m = 32
+    picks = rng.integers(0, len(x), (4000, m))
+    rel = x[picks].reshape(4000, -1).var(1) / var - 1
+    assert np.sqrt(np.mean(rel ** 2)) == pytest.approx(c_var / np.sqrt(m), rel=0.06)
+
+
+# --- lab.input_reference, lab.check_input_chain, lab.input_switches (notebook 02) ---
+
+from tests.data.conftest import tiny  # noqa: E402,F401 - the data tests' session fixture (ImageNet-schema shards)
+
+
+def _reference_run(**changes) -> dict:
+    run = {"rungs": [{"name": "naive", "img_s": 600.0, "rounds": [600.0, 550.0]},
+                     {"name": "+ parallel_map", "img_s": 1300.0, "rounds": [1300.0, 1250.0]}],
+           "ceiling": {"name": "ceiling", "img_s": 1400.0, "rounds": [1400.0, 1380.0]},
+           "rounds": 2, "seconds": 2.0, "batch_size": 64, "cores": 2, "load": [0.3, 0.4, 0.5],
+           "provenance": {"machine": {"cpu": "AMD EPYC", "cores": 2}, "command": "labkit bench input --rounds 2"}}
+    run.update(changes)
+    return run
+
+
+def test_input_reference_loads_a_run_and_recomputes_its_summary(tmp_path):
+    import json
+    path = tmp_path / "ref.json"
+    path.write_text(json.dumps(_reference_run(summary={"text": "stale text from elsewhere"})))
+    ref = lab.input_reference(str(path))
+    assert ref["provenance"]["command"] == "labkit bench input --rounds 2"
+    # from the rounds, not the stored text: 1300/600 and 1250/550 are both above 1; 1300/1400, 1250/1380 below
+    assert ref["summary"]["within_noise"] == [] and ref["summary"]["ceiling_clear_of"] == ["naive", "+ parallel_map"]
+    assert ref["summary"]["full_x_naive"] == pytest.approx(1300 / 600)
+    from labkit import figures
+    assert figures.input_ladder(ref, reference=ref)._repr_png_().startswith(b"\x89PNG")
+
+
+def test_input_reference_names_what_is_missing(tmp_path):
+    import json
+    with pytest.raises(FileNotFoundError, match="no file at .*nowhere.json"):
+        lab.input_reference(str(tmp_path / "nowhere.json"))
+    assert lab.input_reference(str(tmp_path / "nowhere.json"), missing_ok=True) is None  # Colab: no repository
+    bad = _reference_run()
+    del bad["provenance"], bad["load"]
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"missing \['load', 'provenance'\]"):
+        lab.input_reference(str(tmp_path / "bad.json"))
+
+
+def test_the_committed_input_reference_is_a_full_ladder_with_provenance():
+    from labkit.data import pipeline
+    ref = lab.input_reference()
+    assert [r["name"] for r in ref["rungs"]] == [n for n, _ in pipeline.LADDER]
+    assert all(len(r["rounds"]) == ref["rounds"] and r["img_s"] == max(r["rounds"]) for r in ref["rungs"])
+    prov = ref["provenance"]
+    assert prov["command"].startswith("labkit bench input") and prov["machine"]["cores"] == ref["cores"]
+    assert len(prov["labkit_commit"]) == 40 and prov["date_utc"].endswith("Z")
+
+
+def _plain_chain(wrong: str = ""):
+    """A from-scratch tf.data chain in plain TensorFlow (no labkit): the ImageNet eval preprocessing (centre crop
+    224/256 of the short side, fused decode, bicubic resize, 1-based labels to 0-based), or one mistake."""
+    import tensorflow as tf
+    features = {"image/encoded": tf.io.FixedLenFeature([], tf.string),
+                "image/class/label": tf.io.FixedLenFeature([], tf.int64)}
+
+    def make(files, batch_size, size, epochs=None):
+        def decode(record):
+            f = tf.io.parse_single_example(record, features)
+            h, w = tf.unstack(tf.io.extract_jpeg_shape(f["image/encoded"])[:2])
+            s = tf.cast((1.0 if wrong == "crop" else 0.875) * tf.cast(tf.minimum(h, w), tf.float32), tf.int32)
+            image = tf.io.decode_and_crop_jpeg(f["image/encoded"], [(h - s + 1) // 2, (w - s + 1) // 2, s, s],
+                                               channels=3)
+            label = f["image/class/label"] - (0 if wrong == "label" else 1)
+            return tf.image.resize(image, [size, size], method="bicubic"), tf.cast(label, tf.int32)
+        ds = tf.data.Dataset.from_tensor_slices(files[1:] if wrong == "files" else files).repeat(epochs)
+        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=2, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        if wrong == "repeat":
+            ds = ds.repeat(2)
+        return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return make
+
+
+def test_check_input_chain_passes_a_correct_plain_chain(tiny):
+    result = lab.check_input_chain(_plain_chain(), str(tiny), batch_size=5, image_size=16)
+    assert (result["spec_ok"], result["same"], result["images"], result["missing"], result["extra"]) == \
+        (True, True, 15, 0, 0)
+
+
+@pytest.mark.parametrize("wrong, missing, extra", [("label", 15, 15), ("crop", 15, 15), ("files", 10, 0),
+                                                   ("repeat", 0, 15)])
+def test_check_input_chain_fails_a_wrong_chain(tiny, wrong, missing, extra):
+    """Off-by-one labels, an uncropped image, a file left out (its 7 images, and 3 of the other 8 that no
+    longer fill a last batch of 5), every image twice: each is caught and counted."""
+    result = lab.check_input_chain(_plain_chain(wrong), str(tiny), batch_size=5, image_size=16)
+    assert result["spec_ok"] and not result["same"]
+    assert (result["missing"], result["extra"]) == (missing, extra)
+
+
+def test_input_switches_names_the_allowed_switches():
+    with pytest.raises(ValueError, match=r"\['shard' \]|\['shard'\] unknown; allowed: \['cache', 'interleave'"):
+        lab.input_switches({"shard": True, "interleave": True})
