@@ -83,9 +83,13 @@ def summarize(results: dict) -> dict:
     lines.append("steps within noise of the rung before (paired rounds on both sides of 1): "
                  + (", ".join(within) if within else "none"))
     if above:
-        lines.append("rungs above the ceiling's best: " + ", ".join(above)
-                     + " (the ceiling is not a bound in this run: " + ", ".join(
-                         n for n in above if n not in clear) + " within noise of it)")
+        beyond = [r["name"] for r in rows if r["name"] in above and _verdict(*r["vs_ceiling"]) == "faster"]
+        near = [n for n in above if n not in beyond]
+        if near:
+            lines.append("rungs above the ceiling's best but within noise of it: " + ", ".join(near))
+        if beyond:
+            lines.append("rungs faster than the ceiling in every round (it is not a bound in this run): "
+                         + ", ".join(beyond))
     else:
         lines.append("the ceiling is at or above every rung"
                      + ("" if len(clear) == len(rows) else "; within noise of it: "

@@ -71,6 +71,9 @@ def test_summarize_names_exactly_the_steps_within_noise():
 
 
 def test_summarize_says_when_a_rung_beats_the_ceiling():
-    s = bench.summarize(_results({"naive": [500.0, 500.0], "+ a": [900.0, 800.0]}, [850.0, 820.0]))
-    assert s["above_ceiling"] == ["+ a"] and s["within_noise"] == []
-    assert "rungs above the ceiling's best: + a" in s["text"] and "+ a within noise of it" in s["text"]
+    # + a: 900/850 and 800/820 straddle 1; + b: 1000/850 and 900/820 are both above it
+    s = bench.summarize(_results({"naive": [500.0, 500.0], "+ a": [900.0, 800.0], "+ b": [1000.0, 900.0]},
+                                 [850.0, 820.0]))
+    assert s["above_ceiling"] == ["+ a", "+ b"] and s["within_noise"] == [] and s["ceiling_clear_of"] == ["naive"]
+    assert "rungs above the ceiling's best but within noise of it: + a\n" in s["text"]
+    assert s["text"].endswith("rungs faster than the ceiling in every round (it is not a bound in this run): + b")
