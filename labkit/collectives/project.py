@@ -70,7 +70,8 @@ class Inputs:
 def resnet50_bn_channels() -> list[int]:
     """The channel count of each of ResNet-50's 53 BN layers, from the architecture: stem 64; per bottleneck
     block (planes, planes, 4 x planes); one projection (4 x planes) per stage; stages (64, 3), (128, 4),
-    (256, 6), (512, 3). Checked against labkit's model (``lab.resnet50_bn_layers``) in the tests."""
+    (256, 6), (512, 3). Checked against labkit's model (``lab.resnet50_bn_layers``) by notebook 05's cell,
+    which tests/test_notebooks.py re-runs (one ResNet-50 shape trace for the suite, not two)."""
     out = [64]
     for planes, blocks in ((64, 3), (128, 4), (256, 6), (512, 3)):
         out += [planes, planes, 4 * planes] * blocks + [4 * planes]

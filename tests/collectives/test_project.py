@@ -42,12 +42,6 @@ def test_bn_channels_are_resnet50s_53_layers():
     assert len(_channels()) == 53 and _channels().sum() == 26_560
 
 
-@pytest.mark.slow
-def test_bn_channels_match_labkits_model():
-    from labkit import lab
-    assert sorted(pj.resnet50_bn_channels()) == sorted(lab.resnet50_bn_layers())
-
-
 @pytest.mark.parametrize("alpha,g", [(1e-6, 8), (5e-7, 4), (5e-6, 16)])
 def test_paper_run_projection_matches_the_published_formula(alpha, g):
     inputs = pj.Inputs(alpha_s=alpha, bn_group=g)
