@@ -5,7 +5,8 @@ Owns: named networks (TPU v3 pod 32x32 and slices, TPU v2-8 / v3-8, "N hosts x 8
 (alpha, beta) to measured times, the ResNet-50 projection (all-reduce time, step time, time to train), and the
 BN collectives of a step (``BN_FORMS``: which collectives one BN layer does, forward and backward, by
 ``labkit.bn.DistributedBatchNorm.variance``; ``bn_collectives_per_step``; ``predict_collective``, ``predict_bn``).
-Pure Python + numpy.
+Pure Python + numpy. The whole ResNet-50 step on a pod (BN collectives included, in replicas), set beside the
+published runs without fitting to them, is ``labkit.collectives.project``'s.
 Must not: run JAX collectives, time anything, or emit telemetry (``labkit.bench.collectives`` does).
 
 Model: a ring phase over k members moving a payload of P bytes takes (k-1) steps of
