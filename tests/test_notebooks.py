@@ -77,7 +77,7 @@ def _stale_cells(name: str, cells: list[dict]) -> tuple[int, list[str]]:
 
 
 @pytest.mark.parametrize("name", ["00_setup", "01_distributed_bn", "02_input_pipeline", "03_torus_allreduce",
-                                  "05_scale_to_pod"])
+                                  "05_scale_to_pod", "06_paper_claims"])
 def test_stored_deterministic_outputs_are_current(name):
     """Re-run the notebook's deterministic cells in order and compare their printed output with the stored."""
     checked, stale = _stale_cells(name, _cells(name))
