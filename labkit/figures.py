@@ -150,14 +150,14 @@ def input_switches(result: dict, *, ladder: dict | None = None) -> Plot:
     if ladder:
         for r, style in ((ladder["rungs"][0], ":"), (ladder["rungs"][-1], "--")):
             ax.axvline(r["img_s"], color="0.4", ls=style, lw=1, label=f"the ladder above: {r['name']}")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     ax.set_yticks(range(len(modes)), [m["name"] for m in modes], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.45 * max(m["img_s"] for m in modes))
     ax.set_xlabel("images/s (best round; dots: each round)")
     load = result.get("load") or [float("nan")]
-    ax.set_title(f"{result['rounds']} rounds of {result['seconds']:g} s, load {min(load):.1f}-{max(load):.1f} on "
-                 f"{result.get('cores', '?')} cores", fontsize=9)
+    ax.set_title(f"{result.get('cores', '?')}-core CPU (simulation): {result['rounds']} rounds of "
+                 f"{result['seconds']:g} s, load {min(load):.1f}-{max(load):.1f}", fontsize=9)
     return Plot(fig, "input switches: " + (", ".join(result["switches"]) or "none"))
 
 

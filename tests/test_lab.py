@@ -310,3 +310,17 @@ def test_check_input_chain_fails_a_wrong_chain(tiny, wrong, missing, extra):
 def test_input_switches_names_the_allowed_switches():
     with pytest.raises(ValueError, match=r"\['shard' \]|\['shard'\] unknown; allowed: \['cache', 'interleave'"):
         lab.input_switches({"shard": True, "interleave": True})
+
+
+def test_input_switches_figure_draws_the_three_modes():
+    from labkit import figures
+    result = {"switches": ["parallel_map"], "rounds": 2, "seconds": 0.8, "cores": 2, "load": [1.0, 1.2],
+              "modes": [{"name": "naive", "img_s": 600.0, "rounds": [600.0, 550.0]},
+                        {"name": "your switches: parallel_map", "img_s": 1100.0, "rounds": [1100.0, 900.0]},
+                        {"name": "+ private_threadpool", "img_s": 1400.0, "rounds": [1400.0, 1300.0]}]}
+    plot = figures.input_switches(result, ladder=_reference_run())
+    ax = plot.figure.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [m["name"] for m in result["modes"]]
+    assert [round(p.get_width()) for p in ax.patches] == [600, 1100, 1400]
+    assert "1.83x naive" in " ".join(t.get_text() for t in ax.texts)  # 1100 / 600
+    assert plot._repr_png_().startswith(b"\x89PNG")
