@@ -159,7 +159,8 @@ def test_collective_steps_on_2x4_match_the_model_and_the_traced_ppermutes():
     for alg in algs:
         _check_against_model(got[alg], alg, (2, 4))
         x = topo.shard_batch(np.zeros((8, got[alg]["elements"]), np.float32))
-        hops = [c for c in traced.collectives(lambda: all_reduce(x, topo, alg)) if c["primitive"] == "ppermute"]
+        hops = [c for c in traced.collectives(lambda x=x, alg=alg: all_reduce(x, topo, alg))
+                if c["primitive"] == "ppermute"]
         drawn = [h for st in got[alg]["steps"] for h in st["hops"]]
         assert len(drawn) == len(hops) == got[alg]["ppermutes"]
         assert [len(h["perm"]) for h in drawn] == [h["pairs"] for h in hops]
@@ -209,7 +210,7 @@ def test_noise_constants_predict_a_simulated_group_variance():
     feats = base + rng.normal(0, 0.5, (20_000, 2, 2, 1))      # pixels of an image share its base value
     _, c_var = lab._noise_constants(feats)
     x = feats.reshape(len(feats), -1)
-    mu, var = x.mean(), x.var()
+    var = x.var()
     m = 32
     picks = rng.integers(0, len(x), (4000, m))
     rel = x[picks].reshape(4000, -1).var(1) / var - 1
