@@ -238,7 +238,7 @@ def test_input_reference_loads_a_run_and_recomputes_its_summary(tmp_path):
     path.write_text(json.dumps(_reference_run(summary={"text": "stale text from elsewhere"})))
     ref = lab.input_reference(str(path))
     assert ref["provenance"]["command"] == "labkit bench input --rounds 2"
-    # from the rounds, not the stored text: 1300/600 and 1250/550 are both above 1; 1300/1400, 1250/1380 below
+    # from the rounds, not the stored text: upper halves naive 575-600, + parallel_map 1275-1300, ceiling 1390-1400
     assert ref["summary"]["within_noise"] == [] and ref["summary"]["ceiling_clear_of"] == ["naive", "+ parallel_map"]
     assert ref["summary"]["full_x_naive"] == pytest.approx(1300 / 600)
     from labkit import figures

@@ -5,9 +5,10 @@ Owns the measurement that ``labkit bench input`` and notebook 02 share: every ru
 over JPEG bytes already in memory, one thread per core, no pipeline around it), timed in interleaved rounds:
 ceiling, rung 1, rung 2, ..., then again, each block a fresh iterator, warmed up untimed, then timed for about
 ``seconds``. A rung's figure is its best round (other programs only ever add time, so the least-disturbed round
-is the closest to what the pipeline can do), and each rung is compared with the one before it (and with the
-ceiling) round by round: when the paired ratios fall on both sides of 1 the step is within noise, and the
-result says so. Also the JSON file with the run's provenance (machine, load, command, date, labkit commit).
+is the closest to what the pipeline can do). Each rung is compared with the one before it (and with the
+ceiling) by its upper half of rounds (median to best): where the two ranges overlap the step is within noise,
+and the result says so. The cores other programs kept busy are measured per round (``/proc/stat``).
+Also the JSON file with the run's provenance (machine, load, command, date, labkit commit).
 These are real host-CPU timings of this machine, not accelerator-host numbers.
 Must not: change the pipeline (it only builds rungs through ``train_dataset``).
 """
@@ -19,6 +20,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from typing import Callable
 
 from labkit import storage
@@ -26,7 +28,7 @@ from labkit.bench import timer
 from labkit.data import pipeline, preprocess
 from labkit.data._tf import import_tf
 
-__all__ = ["HELP", "add_arguments", "run", "measure_ladder", "best_of_rounds", "paired_ratios", "summarize",
+__all__ = ["HELP", "add_arguments", "run", "measure_ladder", "best_of_rounds", "upper_half", "compare", "summarize",
            "provenance"]
 
 HELP = "input-pipeline ablation ladder (naive -> all optimizations) vs the decode ceiling, in images/s"
@@ -40,56 +42,60 @@ def best_of_rounds(rates: list[float]) -> float:
     return max(rates)
 
 
-def paired_ratios(a: list[float], b: list[float]) -> tuple[float, float]:
-    """(lowest, highest) of ``a[r] / b[r]`` over rounds ``r``: both modes of a pair ran in the same round,
-    seconds apart, so they saw about the same load. Both above 1: ``a`` is faster; both below: slower;
-    one on each side of 1: the difference is within noise."""
-    if len(a) != len(b) or not a:
-        raise ValueError(f"paired_ratios: rounds must pair up; got {len(a)} and {len(b)} rates")
-    ratios = [x / y for x, y in zip(a, b)]
-    return min(ratios), max(ratios)
+def upper_half(rates: list[float]) -> tuple[float, float]:
+    """(median round, best round) of a mode: the rounds that other programs disturbed least. Load only slows a
+    round down, so this range is where the mode's undisturbed speed lies; its width is the noise left over."""
+    if not rates:
+        raise ValueError("upper_half: no rounds measured; allowed: a list of at least one rate")
+    ordered = sorted(rates)
+    n = len(ordered)
+    median = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+    return median, ordered[-1]
 
 
-def _verdict(lo: float, hi: float) -> str:
-    return "faster" if lo > 1 else "slower" if hi < 1 else "within noise"
+def compare(a: list[float], b: list[float]) -> str:
+    """'faster', 'slower' or 'within noise': ``a``'s upper half of rounds lies wholly above ``b``'s, wholly below
+    it, or the two overlap. One disturbed round moves neither the median nor the best."""
+    (a_lo, a_hi), (b_lo, b_hi) = upper_half(a), upper_half(b)
+    return "faster" if a_lo > b_hi else "slower" if a_hi < b_lo else "within noise"
 
 
 def summarize(results: dict) -> dict:
-    """What the rounds show: per rung its best img/s, x naive and x ceiling (ratios of bests), and, from the
-    paired rounds, whether it is faster than the rung before it and than the ceiling, or within noise.
+    """What the rounds show: per rung its best img/s, x naive and x ceiling (ratios of bests), and whether it is
+    faster than the rung before it and than the ceiling, or within noise (``compare``: upper halves of rounds).
 
     Returns ``{"rows": [...], "full_x_naive", "full_x_ceiling", "within_noise": [rung names whose step from the
     rung before is within noise], "above_ceiling": [rungs whose best beats the ceiling's best],
-    "ceiling_clear_of": [rungs the ceiling beats in every round], "text": a few plain lines}``.
+    "ceiling_clear_of": [rungs the ceiling is faster than], "text": a few plain lines}``.
     """
     rungs, ceiling = results["rungs"], results["ceiling"]
     naive, top = rungs[0]["img_s"], ceiling["img_s"]
     rows, within, above, clear = [], [], [], []
     for k, r in enumerate(rungs):
-        row = {"name": r["name"], "img_s": r["img_s"], "x_naive": r["img_s"] / naive, "x_ceiling": r["img_s"] / top}
+        row = {"name": r["name"], "img_s": r["img_s"], "x_naive": r["img_s"] / naive, "x_ceiling": r["img_s"] / top,
+               "upper_half": upper_half(r["rounds"])}
         if k:
-            row["vs_previous"] = paired_ratios(r["rounds"], rungs[k - 1]["rounds"])
-            if _verdict(*row["vs_previous"]) == "within noise":
+            row["vs_previous"] = compare(r["rounds"], rungs[k - 1]["rounds"])
+            if row["vs_previous"] == "within noise":
                 within.append(r["name"])
-        row["vs_ceiling"] = paired_ratios(r["rounds"], ceiling["rounds"])
+        row["vs_ceiling"] = compare(r["rounds"], ceiling["rounds"])
         if r["img_s"] > top:
             above.append(r["name"])
-        if _verdict(*row["vs_ceiling"]) == "slower":
+        if row["vs_ceiling"] == "slower":
             clear.append(r["name"])
         rows.append(row)
     full = rows[-1]
     lines = [f"full pipeline ({full['name']}): {full['x_naive']:.2f}x naive, {full['x_ceiling']:.2f}x the ceiling "
-             f"(best of {len(ceiling['rounds'])} rounds)"]
-    lines.append("steps within noise of the rung before (paired rounds on both sides of 1): "
-                 + (", ".join(within) if within else "none"))
+             f"(best of {len(ceiling['rounds'])} rounds)",
+             "steps within noise of the rung before (their upper halves of rounds overlap): "
+             + (", ".join(within) if within else "none")]
     if above:
-        beyond = [r["name"] for r in rows if r["name"] in above and _verdict(*r["vs_ceiling"]) == "faster"]
+        beyond = [r["name"] for r in rows if r["name"] in above and r["vs_ceiling"] == "faster"]
         near = [n for n in above if n not in beyond]
         if near:
             lines.append("rungs above the ceiling's best but within noise of it: " + ", ".join(near))
         if beyond:
-            lines.append("rungs faster than the ceiling in every round (it is not a bound in this run): "
-                         + ", ".join(beyond))
+            lines.append("rungs faster than the ceiling (it is not a bound in this run): " + ", ".join(beyond))
     else:
         lines.append("the ceiling is at or above every rung"
                      + ("" if len(clear) == len(rows) else "; within noise of it: "
@@ -115,6 +121,16 @@ def _ceiling_dataset(jpegs: list[bytes], image_size: int, batch_size: int, threa
     return images.batch(batch_size, drop_remainder=True).map(lambda x: {"image": x}).with_options(options)
 
 
+def _cpu_busy_s() -> float | None:
+    """CPU seconds every program on the machine has used so far (Linux ``/proc/stat``; None elsewhere)."""
+    try:
+        with open("/proc/stat") as f:
+            user, nice, system, _idle, _iowait, irq, softirq = map(int, f.readline().split()[1:8])
+        return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+
+
 def _block(dataset, seconds: float, max_images: int, warmup: int) -> Callable[[], tuple[float, int]]:
     """One timed block: a fresh iterator (its threads end with it), ``warmup`` untimed batches, then the timer."""
     def block():
@@ -137,7 +153,9 @@ def measure_ladder(data, *, batch_size: int = 64, image_size: int = 224, seconds
     Returns ``{"rungs": [{"name", "img_s" (best round), "rounds": [img/s per round], "images": [...],
     "switches"}], "ceiling": {"name", "img_s", "rounds", "images"} (or None), "extra": [like rungs], "rounds",
     "seconds", "batch_size", "image_size", "data", "cores", "threads", "statistic", "load": [1-minute load
-    average before each round and at the end]}``.
+    average before each round and at the end: it counts this benchmark's own threads], "others_cores": [cores
+    that other programs kept busy during each round, from /proc/stat less this process's CPU time; empty where
+    /proc/stat is missing]}``.
     """
     if rounds < 1 or seconds <= 0:
         raise ValueError(f"rounds must be >= 1 and seconds > 0; got rounds={rounds}, seconds={seconds}")
@@ -164,15 +182,20 @@ def measure_ladder(data, *, batch_size: int = 64, image_size: int = 224, seconds
     blocks = {name: _block(ds, seconds, max_images, warmup) for name, (_, ds, _) in modes.items()}
     rates: dict[str, list[float]] = {n: [] for n in modes}
     counts: dict[str, list[int]] = {n: [] for n in modes}
-    load = []
+    load, others = [], []  # the load average counts this benchmark's own threads too; ``others`` does not
     for r in range(rounds):
         load.append(os.getloadavg()[0])
         log(f"round {r + 1}/{rounds} (load average {load[-1]:.2f}):", end="", flush=True)
+        busy0, own0, t0 = _cpu_busy_s(), time.process_time(), time.monotonic()
         for name, block in blocks.items():
             rate, n = block()
             rates[name].append(rate)
             counts[name].append(n)
             log(f" {name} {rate:.0f}", end=",", flush=True)
+        busy1, own1, t1 = _cpu_busy_s(), time.process_time(), time.monotonic()
+        if busy0 is not None and busy1 is not None:
+            others.append(max(0.0, (busy1 - busy0) - (own1 - own0)) / (t1 - t0))
+            log(f" other programs used {others[-1]:.2f} cores", end="")
         log("")
     load.append(os.getloadavg()[0])
 
@@ -185,7 +208,7 @@ def measure_ladder(data, *, batch_size: int = 64, image_size: int = 224, seconds
             "ceiling": entry(CEILING) if ceiling else None,
             "extra": [entry(n) for n in modes if modes[n][0] == "extra"],
             "rounds": rounds, "seconds": seconds, "batch_size": batch_size, "image_size": image_size,
-            "data": str(data), "cores": os.cpu_count(), "threads": threads, "load": load,
+            "data": str(data), "cores": os.cpu_count(), "threads": threads, "load": load, "others_cores": others,
             "statistic": "best of interleaved rounds"}
 
 
@@ -222,13 +245,11 @@ def provenance(argv: list[str] | None = None) -> dict:
 def _table(results: dict) -> str:
     s = summarize(results)
     ceiling = results["ceiling"]
-    lines = ["| rung | img/s (best round) | rounds | x naive | x ceiling | vs rung before (paired rounds) |",
+    lines = ["| rung | img/s (best round) | rounds | x naive | x ceiling | vs rung before (upper halves) |",
              "|---|---:|---|---:|---:|---|"]
     for row, r in zip(s["rows"], results["rungs"]):
-        vs = row.get("vs_previous")
         lines.append(f"| {r['name']} | {r['img_s']:.0f} | {', '.join(f'{x:.0f}' for x in r['rounds'])} | "
-                     f"{row['x_naive']:.2f} | {row['x_ceiling']:.2f} | "
-                     + (f"{vs[0]:.2f}-{vs[1]:.2f}: {_verdict(*vs)}" if vs else "") + " |")
+                     f"{row['x_naive']:.2f} | {row['x_ceiling']:.2f} | {row.get('vs_previous', '')} |")
     lines.append(f"| ceiling: fused decode-crop-resize, in memory, {results['threads']} threads | "
                  f"{ceiling['img_s']:.0f} | {', '.join(f'{x:.0f}' for x in ceiling['rounds'])} | "
                  f"{ceiling['img_s'] / results['rungs'][0]['img_s']:.2f} | 1.00 | |")
@@ -274,7 +295,11 @@ def run(args) -> int:
     load1 = os.getloadavg()
     print()
     print(_table(results))
-    print(f"load average {load0[0]:.2f} at start, {load1[0]:.2f} at end ({os.cpu_count()} cores)")
+    print(f"load average {load0[0]:.2f} at start, {load1[0]:.2f} at end ({os.cpu_count()} cores; it counts this "
+          "benchmark's own threads)")
+    if results["others_cores"]:
+        print(f"other programs used {min(results['others_cores']):.2f}-{max(results['others_cores']):.2f} cores "
+              "during the rounds")
     if args.json:
         results["summary"] = {k: v for k, v in summarize(results).items() if k != "rows"}
         results["provenance"] = provenance()
