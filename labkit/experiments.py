@@ -4,7 +4,7 @@ Owns the three experiments (``EXPERIMENTS``), each a set of ``labkit run --sweep
   bn_groups     BN group size g in {1, 2, 4, 8} at 4 images per replica, 3 seeds: final top-1 (distributed BN)
   large_batch   LARS vs SGD-Nesterov as the global batch grows, same epochs: final top-1 (large-batch training)
   input_ladder  rungs of the input ladder: time to 65% top-1 and the accuracy curves (input pipeline)
-``collect`` turns a sweep's ``runs/.../index.csv`` and run directories into ``results/<experiment>/``: a CSV of
+``collect`` turns a sweep's ``runs/.../index.csv`` and run directories into ``labkit/results/<experiment>/``: a CSV of
 runs (``results.csv``; ``curves.csv`` of evaluations over wall time), ``figure.png``, ``command.txt`` and
 ``machine.txt``. ``load`` reads them back, ``plot`` draws them, ``summarize`` states the numbers,
 ``recompute`` runs the commands again (minutes each on a 2-core CPU) and collects.
@@ -27,7 +27,8 @@ from pathlib import Path
 
 __all__ = ["EXPERIMENTS", "RESULTS_DIR", "collect", "load", "plot", "summarize", "recompute"]
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+# Package data (pyproject's package-data), so an installed labkit (Colab's pip install) has them too.
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 EXPERIMENTS = {
     "bn_groups": {
@@ -149,7 +150,7 @@ def _machine(rows: list[dict]) -> str:
 def collect(name: str, runs_root: str | os.PathLike = ".", results_dir: str | os.PathLike | None = None,
             *, machine: str | None = None) -> Path:
     """Gather experiment ``name``'s finished runs (under ``runs_root``, where its commands ran) into
-    ``results_dir/name`` (default: the repository's ``results/``): CSVs, figure, command and machine."""
+    ``results_dir/name`` (default: ``labkit/results/``, what is committed): CSVs, figure, command and machine."""
     spec = _check(name)
     out = Path(results_dir or RESULTS_DIR) / name
     rows, curves, seen = [], [], set()
@@ -194,7 +195,7 @@ def _typed(v: str):
 
 
 def load(name: str, results_dir: str | os.PathLike | None = None) -> dict:
-    """``{"runs": [row, ...], "curves": [...], "command": str, "machine": str}`` from ``results/<name>/``."""
+    """``{"runs": [row, ...], "curves": [...], "command": str, "machine": str}`` from ``labkit/results/<name>/``."""
     _check(name)
     folder = Path(results_dir or RESULTS_DIR) / name
     if not (folder / "results.csv").is_file():
@@ -397,11 +398,11 @@ def plot(name: str, data: dict):
 
 def recompute(name: str, *, root: str | os.PathLike | None = None, results_dir: str | os.PathLike | None = None,
               nice: int = 10) -> Path:
-    """Run experiment ``name``'s commands again from ``root`` (default: the repository root; runs go under its
+    """Run experiment ``name``'s commands again from ``root`` (default: the current directory; runs go under its
     ``runs/``) with ``nice``, then ``collect`` into ``results_dir``. Minutes per run on a 2-core CPU; runs that
     already finished there are kept (``labkit run`` leaves them untouched)."""
     spec = _check(name)
-    root = Path(root) if root is not None else RESULTS_DIR.parent
+    root = Path(root) if root is not None else Path.cwd()
     labkit = [sys.executable, "-m", "labkit.cli"]
     for command in spec["commands"]:
         words = shlex.split(command)[1:]  # drop "labkit"

@@ -145,7 +145,7 @@ def fmnist_bn_groups() -> Config:
     Command: ``labkit run -p preset fmnist-bn-groups --sweep bn_group=1,2,4,8 --sweep seed=0,1,2``.
     One run: ``labkit train --config fmnist-bn-groups``.
     Runtime: about 1 minute per run on an idle 2-core CPU (12,288 images, one evaluation of 10,000); 4-5
-    minutes measured on a shared one (load ~30). Results: results/bn_groups (RESULTS.md).
+    minutes measured on a shared one (load ~30). Results: labkit/results/bn_groups (RESULTS.md).
     """
     return _fmnist(global_batch=32, bn_group=1, base_lr=0.4, warmup_epochs=0.25, epochs=1.5,
                    train_images=8192, eval_every_epochs=1.5)
@@ -162,7 +162,7 @@ def fmnist_large_batch() -> Config:
     an epoch), with one epoch of warmup, and 16 px images keep a run to a few minutes (Fashion-MNIST stays
     learnable at 16 px).
     Runtime: 2-5 minutes per run on an idle 2-core CPU (1,404 steps at 256; 84 at 4,096).
-    Results: results/large_batch (RESULTS.md).
+    Results: labkit/results/large_batch (RESULTS.md).
     """
     return _fmnist(global_batch=256, bn_group=2, optimizer="lars", base_lr=1.0, image_size=16, warmup_epochs=1.0,
                    epochs=6.0, eval_every_epochs=6.0)
@@ -174,7 +174,7 @@ def fmnist_input_ladder() -> Config:
     Command: ``labkit run -p preset fmnist-input-ladder --sweep input_rung=naive,parallel_map,private_threadpool``.
     One run: ``labkit train --config fmnist-input-ladder``.
     Runtime: about 1-2 minutes per run on an idle 2-core CPU (stops at the target); 4-8 minutes measured on a
-    shared one (load ~30). Results: results/input_ladder (RESULTS.md).
+    shared one (load ~30). Results: labkit/results/input_ladder (RESULTS.md).
     """
     return _fmnist(global_batch=256, bn_group=2, base_lr=0.4, warmup_epochs=0.5, epochs=5.0, train_images=8192,
                    eval_every_epochs=1.0, target_accuracy=0.65)

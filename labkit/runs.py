@@ -127,7 +127,9 @@ def _check_parameters(notebook: Path, keys) -> None:
     """Every key must be a parameter of the notebook's ``parameters`` cell: fail before any work."""
     import papermill as pm
     if not notebook.is_file():
-        raise FileNotFoundError(f"labkit run: notebook {str(notebook)!r} does not exist")
+        raise FileNotFoundError(f"labkit run: notebook {str(notebook)!r} does not exist (labkit run executes a "
+                                "notebook of a labkit checkout, by default its notebooks/04_train.ipynb: run it from a "
+                                "git clone, or pass the notebook's path)")
     allowed = list(pm.inspect_notebook(str(notebook)))
     unknown = sorted(set(keys) - set(allowed) - {"workdir"})
     if unknown:

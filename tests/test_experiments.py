@@ -116,3 +116,22 @@ def test_ladder_summary_says_how_its_timings_were_taken():
                                                                              "(a shared machine)\n"})
     assert "not interleaved" in loaded and "load average 27.3 when collected" in loaded
     assert "a machine of unknown load" in experiments.summarize("input_ladder", {"runs": runs, "machine": "x\n"})
+
+
+def test_an_installed_labkit_carries_every_committed_result(tmp_path):
+    """Colab installs labkit with pip (no checkout): 06's experiments and 02's reference run must be in the wheel
+    (pyproject's package-data); a file left out makes the notebook fail there (measured in a Colab stand-in)."""
+    import subprocess
+    import sys
+    import zipfile
+    import shutil
+    root, src = experiments.RESULTS_DIR.parent.parent, tmp_path / "src"  # built from a copy: no build/ in the tree
+    shutil.copytree(root / "labkit", src / "labkit", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path), str(src)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("labkit-*.whl")
+    packed = set(zipfile.ZipFile(wheel).namelist())
+    committed = {p.relative_to(root).as_posix() for p in experiments.RESULTS_DIR.rglob("*") if p.is_file()}
+    assert len(committed) >= 15 and committed <= packed, sorted(committed - packed)
