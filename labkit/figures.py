@@ -129,9 +129,8 @@ def input_ladder(results: dict, *, reference: dict | None = None, label: str = "
         ax.set_xticks(range(len(rungs)), [r["name"] for r in rungs], rotation=30, ha="right", fontsize=8)
         ax.set_ylim(0, 1.18 * top)
         ax.set_ylabel("images/s (x naive above each bar)")
-        load = res.get("load") or [float("nan")]
-        ax.set_title(f"{title}\n{len(ceiling['rounds'])} rounds of {res.get('seconds', float('nan')):g} s, load "
-                     f"{min(load):.1f}-{max(load):.1f} on {res.get('cores', '?')} cores", fontsize=9)
+        ax.set_title(f"{title}\n{len(ceiling['rounds'])} rounds of {res.get('seconds', float('nan')):g} s, "
+                     f"{_load_text(res)}", fontsize=9)
         ax.legend(fontsize=7, loc="upper left")
     return Plot(fig, "input ladder" + (" and reference" if reference else ""))
 
@@ -155,10 +154,19 @@ def input_switches(result: dict, *, ladder: dict | None = None) -> Plot:
     ax.invert_yaxis()
     ax.set_xlim(0, 1.45 * max(m["img_s"] for m in modes))
     ax.set_xlabel("images/s (best round; dots: each round)")
-    load = result.get("load") or [float("nan")]
     ax.set_title(f"{result.get('cores', '?')}-core CPU (simulation): {result['rounds']} rounds of "
-                 f"{result['seconds']:g} s, load {min(load):.1f}-{max(load):.1f}", fontsize=9)
+                 f"{result['seconds']:g} s, {_load_text(result)}", fontsize=9)
     return Plot(fig, "input switches: " + (", ".join(result["switches"]) or "none"))
+
+
+def _load_text(run: dict) -> str:
+    """The cores other programs kept busy during the run where measured, else the load average (which counts the
+    benchmark's own threads too)."""
+    others = run.get("others_cores") or []
+    if others:
+        return f"other programs: {min(others):.2f}-{max(others):.2f} cores"
+    load = run.get("load") or [float("nan")]
+    return f"load average {min(load):.1f}-{max(load):.1f} (own threads included)"
 
 
 def feed_demo(results: Sequence[dict]) -> Plot:

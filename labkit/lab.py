@@ -488,7 +488,8 @@ def input_switches(switches: dict, data: str = "photos", *, rounds: int = 2, sec
                            rungs=["naive", pipeline.LADDER[-1][0]], extra={label: ds}, ceiling=False)
     modes = results["rungs"][:1] + results["extra"] + results["rungs"][1:]
     return {"switches": on, "modes": [{k: m[k] for k in ("name", "img_s", "rounds")} for m in modes],
-            "load": results["load"], "seconds": seconds, "rounds": rounds, "cores": results["cores"]}
+            "load": results["load"], "others_cores": results["others_cores"], "seconds": seconds, "rounds": rounds,
+            "cores": results["cores"]}
 
 
 def check_input_chain(make_chain, data: str = "photos", *, batch_size: int = 32, image_size: int = 224) -> dict:

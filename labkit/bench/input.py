@@ -65,7 +65,7 @@ def summarize(results: dict) -> dict:
     faster than the rung before it and than the ceiling, or within noise (``compare``: upper halves of rounds).
 
     Returns ``{"rows": [...], "full_x_naive", "full_x_ceiling", "within_noise": [rung names whose step from the
-    rung before is within noise], "above_ceiling": [rungs whose best beats the ceiling's best],
+    rung before is within noise], "slower": [rungs clearly slower than the rung before], "above_ceiling": [rungs whose best beats the ceiling's best],
     "ceiling_clear_of": [rungs the ceiling is faster than], "text": a few plain lines}``.
     """
     rungs, ceiling = results["rungs"], results["ceiling"]
@@ -89,6 +89,9 @@ def summarize(results: dict) -> dict:
              f"(best of {len(ceiling['rounds'])} rounds)",
              "steps within noise of the rung before (their upper halves of rounds overlap): "
              + (", ".join(within) if within else "none")]
+    slower = [r["name"] for r in rows if r.get("vs_previous") == "slower"]
+    if slower:
+        lines.append("steps slower than the rung before (upper halves apart): " + ", ".join(slower))
     if above:
         beyond = [r["name"] for r in rows if r["name"] in above and r["vs_ceiling"] == "faster"]
         near = [n for n in above if n not in beyond]
@@ -101,7 +104,7 @@ def summarize(results: dict) -> dict:
                      + ("" if len(clear) == len(rows) else "; within noise of it: "
                         + ", ".join(r["name"] for r in rows if r["name"] not in clear)))
     return {"rows": rows, "full_x_naive": full["x_naive"], "full_x_ceiling": full["x_ceiling"],
-            "within_noise": within, "above_ceiling": above, "ceiling_clear_of": clear, "text": "\n".join(lines)}
+            "within_noise": within, "slower": slower, "above_ceiling": above, "ceiling_clear_of": clear, "text": "\n".join(lines)}
 
 
 def _ceiling_dataset(jpegs: list[bytes], image_size: int, batch_size: int, threads: int):

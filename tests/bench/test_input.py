@@ -70,7 +70,8 @@ def test_summarize_names_exactly_the_steps_within_noise():
     assert [r.get("vs_previous") for r in s["rows"]] == [None, "within noise", "faster", "slower"]
     assert s["full_x_naive"] == pytest.approx(1210 / 600) and s["full_x_ceiling"] == pytest.approx(1210 / 1500)
     assert s["above_ceiling"] == [] and s["ceiling_clear_of"] == ["naive", "+ a", "+ c"]
-    assert "within noise of the rung before (their upper halves of rounds overlap): + a" in s["text"]
+    assert "within noise of the rung before (their upper halves of rounds overlap): + a\n" in s["text"]
+    assert s["slower"] == ["+ c"] and "steps slower than the rung before (upper halves apart): + c\n" in s["text"]
     assert "the ceiling is at or above every rung; within noise of it: + b" in s["text"]
 
 
