@@ -65,8 +65,8 @@ def summarize(results: dict) -> dict:
     faster than the rung before it and than the ceiling, or within noise (``compare``: upper halves of rounds).
 
     Returns ``{"rows": [...], "full_x_naive", "full_x_ceiling", "within_noise": [rung names whose step from the
-    rung before is within noise], "slower": [rungs clearly slower than the rung before], "above_ceiling": [rungs whose best beats the ceiling's best],
-    "ceiling_clear_of": [rungs the ceiling is faster than], "text": a few plain lines}``.
+    rung before is within noise], "slower": [rungs clearly slower than the rung before], "above_ceiling": [rungs
+    whose best beats the ceiling's best], "ceiling_clear_of": [rungs the ceiling is faster than], "text": a few plain lines}``.
     """
     rungs, ceiling = results["rungs"], results["ceiling"]
     naive, top = rungs[0]["img_s"], ceiling["img_s"]
@@ -104,7 +104,8 @@ def summarize(results: dict) -> dict:
                      + ("" if len(clear) == len(rows) else "; within noise of it: "
                         + ", ".join(r["name"] for r in rows if r["name"] not in clear)))
     return {"rows": rows, "full_x_naive": full["x_naive"], "full_x_ceiling": full["x_ceiling"],
-            "within_noise": within, "slower": slower, "above_ceiling": above, "ceiling_clear_of": clear, "text": "\n".join(lines)}
+            "within_noise": within, "slower": slower, "above_ceiling": above, "ceiling_clear_of": clear,
+            "text": "\n".join(lines)}
 
 
 def _ceiling_dataset(jpegs: list[bytes], image_size: int, batch_size: int, threads: int):
