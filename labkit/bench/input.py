@@ -66,7 +66,8 @@ def summarize(results: dict) -> dict:
 
     Returns ``{"rows": [...], "full_x_naive", "full_x_ceiling", "within_noise": [rung names whose step from the
     rung before is within noise], "slower": [rungs clearly slower than the rung before], "above_ceiling": [rungs
-    whose best beats the ceiling's best], "ceiling_clear_of": [rungs the ceiling is faster than], "text": a few plain lines}``.
+    whose best beats the ceiling's best], "ceiling_clear_of": [rungs the ceiling is faster than], "text": a few
+    plain lines}``.
     """
     rungs, ceiling = results["rungs"], results["ceiling"]
     naive, top = rungs[0]["img_s"], ceiling["img_s"]
