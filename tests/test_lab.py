@@ -155,7 +155,7 @@ def test_collective_steps_on_2x4_match_the_model_and_the_traced_ppermutes():
     import numpy as np
     topo = Topology.build(shape=(2, 4))
     algs = ("ring", "torus2d_links", "torus2d_bidir_links")
-    got = lab._collective_steps_here(algs, (2, 4))
+    got = lab.collectives._collective_steps_here(algs, (2, 4))
     for alg in algs:
         _check_against_model(got[alg], alg, (2, 4))
         x = topo.shard_batch(np.zeros((8, got[alg]["elements"]), np.float32))
@@ -196,7 +196,7 @@ def test_noise_constants_are_the_textbook_sample_variance_constants(draw, var_of
     large-m variance of a sample variance over sigma^4, (mu_4 - sigma^4) / sigma^4 (= 2 + excess kurtosis)."""
     import numpy as np
     feats = np.stack([draw(np.random.default_rng(k), 200_000) for k in range(2)], -1).reshape(-1, 1, 1, 2)
-    c, c_var = lab._noise_constants(feats.astype(np.float32))
+    c, c_var = lab.bn._noise_constants(feats.astype(np.float32))
     assert c == pytest.approx(1.0, abs=1e-9)
     assert c_var ** 2 == pytest.approx(var_of_sample_var, rel=0.03)
 
@@ -208,7 +208,7 @@ def test_noise_constants_predict_a_simulated_group_variance():
     rng = np.random.default_rng(0)
     base = rng.gamma(2.0, 1.0, (20_000, 1, 1, 1))
     feats = base + rng.normal(0, 0.5, (20_000, 2, 2, 1))      # pixels of an image share its base value
-    _, c_var = lab._noise_constants(feats)
+    _, c_var = lab.bn._noise_constants(feats)
     x = feats.reshape(len(feats), -1)
     var = x.var()
     m = 32

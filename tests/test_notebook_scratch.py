@@ -84,6 +84,7 @@ def test_every_widget_position_draws_a_figure(name, function):
 
 
 @pytest.mark.parametrize("name, functions", [("01_distributed_bn", ["my_grouped_bn"]),
+                                             ("02_input_pipeline", ["my_input_pipeline"]),
                                              ("03_torus_allreduce", ["ring_reduce_scatter", "my_2d_all_reduce"])])
 def test_from_scratch_code_is_short_enough_to_edit(name, functions):
     """Issue 21: each from-scratch version is at most ~15 lines, the learner's to edit (decorators included)."""
