@@ -14,8 +14,8 @@ import io
 from typing import Iterable, Sequence
 
 __all__ = ["Plot", "torus_groups", "bn_noise", "input_ladder", "input_switches", "feed_demo", "collective_sweep",
-           "torus_phases", "collective_steps", "training_curves", "pod_projection", "pod_sensitivity", "comm_fraction",
-           "step_breakdown"]
+           "collective_pairs", "torus_phases", "collective_steps", "training_curves", "pod_projection",
+           "pod_sensitivity", "comm_fraction", "step_breakdown"]
 
 _COLORS = ["#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb", "#000000"]
 _STEP_COLORS = {"compute": _COLORS[0], "bn_collectives": _COLORS[1], "gradient_allreduce": _COLORS[2],
@@ -201,6 +201,23 @@ def collective_sweep(results: Sequence[dict], fits: Sequence[dict] = (), *, labe
     a.set_title(f"all-reduce time, fitted model dashed{(' · ' + label) if label else ''}", fontsize=9)
     b.set_ylabel("busbw (GB/s)"), b.set_title("bus bandwidth (nccl-tests convention)", fontsize=9)
     return Plot(fig, "collective sweep")
+
+
+def collective_pairs(ratios: dict, *, reference: dict | None = None, label: str = "") -> Plot:
+    """Each like-for-like pair's time ratio (slower / faster) against bytes per replica: this run solid, the
+    committed reference run (``lab.collective_reference(...)["ratios"]``) dashed; 1 = even."""
+    fig, a = _figure(1, width=6.4, height=3.4)
+    for k, (pair, r) in enumerate(ratios.items()):
+        color = _COLORS[k % len(_COLORS)]
+        a.plot(r["bytes"], r["ratio"], "o-", color=color, label=f"{pair} (this run)")
+        if reference and pair in reference:
+            ref = reference[pair]
+            a.plot(ref["bytes"], ref["ratio"], "s--", color=color, alpha=0.6, label=f"{pair} (reference)")
+    a.axhline(1.0, color="#888888", lw=0.8)
+    a.set_xscale("log", base=2), a.set_xlabel("bytes per replica"), a.set_ylabel("time ratio (best of rounds)")
+    a.grid(True, which="both", alpha=0.3), a.legend(fontsize=7)
+    a.set_title(f"like-for-like pairs: > 1 means the first is slower{(' · ' + label) if label else ''}", fontsize=9)
+    return Plot(fig, "all-reduce pairs")
 
 
 def torus_phases(phases: Sequence[dict], shape: tuple[int, int]) -> Plot:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
-from pathlib import Path
+import sys
 
 import numpy as np
 
+from labkit import storage
 from labkit.bench import timer
 
 __all__ = ["HELP", "add_arguments", "run", "sweep_sizes", "run_sweep", "measure_fusion_overhead"]
@@ -254,8 +256,9 @@ def run(args) -> int:
     previous = telemetry.current()
     stream = telemetry.open_run(args.workdir) if args.workdir else previous
     try:
-        t0 = timer.clock()
+        t0, load_before = timer.clock(), os.getloadavg()[0]
         results = run_sweep(topo, algorithms, sizes, args.repeats, args.warmup)
+        load_after = os.getloadavg()[0]
         for r in results:
             stream.emit("collective", replicas=n, source="bench", simulated=simulated,
                         torus=list(topo.shape), **r)
@@ -298,9 +301,12 @@ def run(args) -> int:
                "torus": list(topo.shape), "mesh_axes": dict(topo.mesh.shape), "replicas": n,
                "options": {k: v for k, v in vars(args).items() if k != "func"}, "results": results,
                "fits": fits, "ratios": summary, "fusion_overhead": overhead, "projection": projection,
-               "elapsed_s": elapsed}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(doc, indent=1))
+               "elapsed_s": elapsed, "load": [load_before, load_after],
+               "provenance": timer.provenance(" ".join(["labkit", "bench", "collectives", *sys.argv[3:]]),
+                                              ("labkit/bench", "labkit/collectives"), machine)}
+        if not storage.is_url(args.json):
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        storage.write_text(args.json, json.dumps(doc, indent=1))  # a local path or gs://
         print(f"json: {args.json}")
     if args.workdir:
         print(f"telemetry: {stream.path}")

@@ -14,11 +14,8 @@ Must not: change the pipeline (it only builds rungs through ``train_dataset``).
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from typing import Callable
@@ -218,33 +215,12 @@ def measure_ladder(data, *, batch_size: int = 64, image_size: int = 224, seconds
 
 
 def provenance(argv: list[str] | None = None) -> dict:
-    """Where and how a run was measured: CPU model and cores, command, UTC date, labkit commit (and whether the
-    measuring code, ``labkit/bench`` and ``labkit/data``, had uncommitted changes), TensorFlow version, and that
-    these are host-CPU timings."""
-    tf = import_tf()
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-    def git(*args):
-        try:
-            return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=10,
-                                  check=True).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--", "labkit/bench", "labkit/data")  # the measuring code only
-    return {"machine": {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()},
-            "command": " ".join(["labkit", "bench", "input"] + list(sys.argv[3:] if argv is None else argv)),
-            "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "labkit_commit": commit,
-            "measuring_code_uncommitted": bool(dirty) if dirty is not None else None,
-            "tensorflow": tf.__version__, "timings": "host CPU (the pipeline runs for real; not an accelerator host)"}
+    """``timer.provenance`` of this run (the measuring code: ``labkit/bench`` and ``labkit/data``) and the
+    TensorFlow version; these are host-CPU timings."""
+    command = " ".join(["labkit", "bench", "input"] + list(sys.argv[3:] if argv is None else argv))
+    return {**timer.provenance(command, ("labkit/bench", "labkit/data"),
+                               "host CPU (the pipeline runs for real; not an accelerator host)"),
+            "tensorflow": import_tf().__version__}
 
 
 def _table(results: dict) -> str:

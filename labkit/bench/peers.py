@@ -17,7 +17,6 @@ Must not: change labkit's step or pipeline to suit the comparison (it builds the
 """
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 

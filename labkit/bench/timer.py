@@ -3,7 +3,8 @@
 Owns how a benchmark times things: every timed block ends with ``jax.block_until_ready`` on what it returned
 (an asynchronously dispatched computation is not finished when the call returns), modes are interleaved block
 by block so machine drift hits all of them alike, compile and warm-up are never timed, and results are medians.
-Also the machine label (CPU timings are simulation) used in every header.
+Also the machine label (CPU timings are simulation) used in every header, and a run's provenance (machine,
+command, date, labkit commit) for the JSON files that notebooks show as reference runs.
 Must not: know what it times (callers pass zero-argument block functions).
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import statistics
 import time
 from typing import Any, Callable, Iterator
 
-__all__ = ["clock", "timed", "interleave", "medians", "rate", "describe_machine"]
+__all__ = ["clock", "timed", "interleave", "medians", "rate", "describe_machine", "provenance"]
 
 clock = time.perf_counter  # the one clock: monotonic, highest resolution
 
@@ -74,3 +75,34 @@ def describe_machine(num_devices: int | None = None) -> tuple[str, bool]:
     if dev.platform == "cpu":
         return f"{os.cpu_count()}-core CPU, {n} simulated devices: simulation, not hardware numbers", True
     return f"{n} x {dev.device_kind} ({jax.default_backend()})", False
+
+
+def provenance(command: str, code_paths: tuple[str, ...], timings: str) -> dict:
+    """Where and how a run was measured: CPU model and cores, ``command``, UTC date, labkit commit, whether the
+    measuring code (``code_paths``, relative to the checkout) had uncommitted changes, and what the timings are."""
+    import datetime
+    import platform
+    import subprocess
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):  # no git, or an installed labkit (no checkout)
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--", *code_paths)
+    return {"machine": {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()},
+            "command": command,
+            "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "labkit_commit": commit,
+            "measuring_code_uncommitted": bool(dirty) if dirty is not None else None,
+            "timings": timings}

@@ -12,14 +12,14 @@ import dataclasses
 import os
 
 from labkit.lab.bn import bn_collectives, bn_exactness, bn_group_sweep
-from labkit.lab.collectives import (allreduce_collectives, collective_steps, pod_projection, resnet50_bn_layers,
-                                    torus_phases)
+from labkit.lab.collectives import (allreduce_collectives, collective_reference, collective_steps, pair_ratios,
+                                    pod_projection, resnet50_bn_layers, torus_phases)
 from labkit.lab.inputs import check_input_chain, feed_demo, input_ladder, input_reference, input_switches
 
 __all__ = ["Env", "setup", "bn_exactness", "bn_group_sweep", "bn_collectives", "feed_demo", "input_ladder",
            "input_reference", "input_switches", "check_input_chain",
-           "torus_phases", "collective_steps", "allreduce_collectives", "resnet50_bn_layers", "pod_projection",
-           "show_live"]
+           "torus_phases", "collective_steps", "pair_ratios", "collective_reference", "allreduce_collectives",
+           "resnet50_bn_layers", "pod_projection", "show_live"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
-__all__ = ["torus_phases", "collective_steps", "allreduce_collectives", "resnet50_bn_layers", "pod_projection"]
+__all__ = ["torus_phases", "collective_steps", "allreduce_collectives", "resnet50_bn_layers", "pod_projection",
+           "PAIRS", "pair_ratios", "collective_reference"]
 
 
 def torus_phases(topo=None) -> list[dict]:
@@ -212,3 +213,46 @@ def allreduce_collectives(topo, algorithm: str, *, elements: int = 4096) -> list
     from labkit.collectives import all_reduce
     x = topo.shard_batch(np.zeros((topo.num_replicas, elements), np.float32))
     return traced.collectives(lambda: all_reduce(x, topo, algorithm))  # x concrete: placed, then traced
+
+
+# The like-for-like pairs 03 compares: (slower by the hop count, faster, why).
+PAIRS = (("ring", "torus2d_links", "hand-written ppermutes, 14 hops vs 8"),
+         ("torus2d_bidir", "torus2d", "XLA collectives, 6 vs 3"))
+
+
+def pair_ratios(results, pairs=PAIRS) -> dict:
+    """``{"slow/fast": {"bytes": [...], "ratio": [...]}}``: best-of-rounds time of each pair's first algorithm over
+    its second at every size both were measured at (``bench.collectives.run_sweep`` rows)."""
+    best = {(r["algorithm"], r["bytes"]): r["min_time_s"] for r in results}
+    out = {}
+    for slow, fast, _ in pairs:
+        sizes = sorted(b for (a, b) in best if a == slow and (fast, b) in best)
+        out[f"{slow}/{fast}"] = {"bytes": sizes, "ratio": [best[slow, b] / best[fast, b] for b in sizes]}
+    return out
+
+
+# Package data (labkit/results/), so a pip-installed labkit (Colab) has the reference run too.
+_REFERENCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results",
+                          "03_collective_sweep.json")
+
+
+def collective_reference(path: str | None = None, *, missing_ok: bool = False) -> dict | None:
+    """The committed reference run of 03's sweep (``labkit bench collectives --json``; default
+    ``labkit/results/03_collective_sweep.json``) with its ``ratios`` (``pair_ratios``) recomputed from its rows.
+    ``FileNotFoundError`` naming the path where it is missing (``missing_ok``: None); ``ValueError`` naming the
+    missing keys where the file is not such a run."""
+    import json
+    from labkit import storage
+    path = path or _REFERENCE
+    if not storage.exists(path):
+        if missing_ok:
+            return None
+        raise FileNotFoundError(f"collective reference: no file at {path!r}; it is committed in labkit/results/ "
+                                "(write one with: labkit bench collectives --json PATH)")
+    doc = json.loads(storage.read_text(path))
+    missing = [k for k in ("results", "machine", "load", "provenance") if k not in doc]
+    if missing or not all("min_time_s" in r for r in doc.get("results", [])):
+        raise ValueError(f"collective reference {path!r}: missing {missing or ['results[].min_time_s']}; allowed: "
+                         "the JSON of labkit bench collectives --json")
+    return {**doc, "ratios": pair_ratios(doc["results"])}
+

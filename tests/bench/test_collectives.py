@@ -24,6 +24,9 @@ def test_bench_collectives_cli_writes_json_and_telemetry(tmp_path, capsys):
     assert doc["fusion_overhead"]["resnet50"] is None  # only measured when the sweep reaches ResNet-50's size
 
     assert {p["algorithm"] for p in doc["projection"]} == {"ring", "torus2d", "torus2d_bidir"}
+    prov = doc["provenance"]  # what a committed reference run carries (03 shows one beside the learner's)
+    assert prov["command"].startswith("labkit bench collectives") and prov["machine"]["cores"] >= 1
+    assert prov["date_utc"].endswith("Z") and "simulation" in prov["timings"] and len(doc["load"]) == 2
 
     events, skipped = telemetry.read_events(run_dir)
     assert skipped == 0
