@@ -325,3 +325,38 @@ def test_input_switches_figure_draws_the_three_modes():
     assert [round(p.get_width()) for p in ax.patches] == [600, 1100, 1400]
     assert "1.83x naive" in " ".join(t.get_text() for t in ax.texts)  # 1100 / 600
     assert plot._repr_png_().startswith(b"\x89PNG")
+
+
+def test_pair_ratios_divide_best_of_rounds_at_each_shared_size():
+    rows = [{"algorithm": a, "bytes": b, "min_time_s": t} for a, b, t in [
+        ("ring", 1024, 3.0), ("ring", 4096, 5.0), ("torus2d_links", 1024, 2.0), ("torus2d_links", 4096, 4.0),
+        ("torus2d_bidir", 1024, 1.5), ("torus2d", 1024, 1.0), ("torus2d", 4096, 9.0)]]  # bidir lacks 4096
+    got = lab.pair_ratios(rows)
+    assert got == {"ring/torus2d_links": {"bytes": [1024, 4096], "ratio": [1.5, 1.25]},
+                   "torus2d_bidir/torus2d": {"bytes": [1024], "ratio": [1.5]}}
+
+
+def test_the_committed_collective_reference_has_both_pairs_and_provenance(tmp_path):
+    ref = lab.collective_reference()
+    sizes = [4 ** k * 1024 for k in range(7)]  # what 03 sweeps: 1 KB .. 4 MB per replica
+    for pair in ("ring/torus2d_links", "torus2d_bidir/torus2d"):
+        assert ref["ratios"][pair]["bytes"] == sizes and all(q > 0 for q in ref["ratios"][pair]["ratio"])
+    prov = ref["provenance"]
+    assert prov["command"].startswith("labkit bench collectives") and "simulation" in prov["timings"]
+    assert len(prov["labkit_commit"]) == 40 and prov["date_utc"].endswith("Z") and ref["replicas"] == 8
+    assert lab.collective_reference(str(tmp_path / "none.json"), missing_ok=True) is None
+    with pytest.raises(FileNotFoundError, match="none.json"):
+        lab.collective_reference(str(tmp_path / "none.json"))
+    (tmp_path / "bad.json").write_text('{"results": []}')
+    with pytest.raises(ValueError, match=r"missing \['machine', 'load', 'provenance'\]"):
+        lab.collective_reference(str(tmp_path / "bad.json"))
+
+
+def test_collective_pairs_figure_draws_this_run_beside_the_reference():
+    from labkit import figures
+    mine = {"ring/torus2d_links": {"bytes": [1024, 4096], "ratio": [1.6, 1.2]}}
+    ref = {"ring/torus2d_links": {"bytes": [1024, 4096], "ratio": [1.7, 1.1]}}
+    plot = figures.collective_pairs(mine, reference=ref, label="8 simulated devices")
+    lines = plot.figure.axes[0].get_lines()
+    assert [list(ln.get_ydata()) for ln in lines[:2]] == [[1.6, 1.2], [1.7, 1.1]]
+    assert plot._repr_png_().startswith(b"\x89PNG")
