@@ -270,8 +270,8 @@ def summarize(name: str, data: dict) -> str:
             lines.append(_paired(f"g={groups[-1]} minus g={g}", by_seed, g, groups[-1]))
         sds = [_mean_sd(r["top1"] for r in rs)[1] for rs in _by(runs, "bn_group").values()]
         lines.append(f"noise: seed-to-seed sd of top-1 within one g: {min(sds) * 100:.1f}-{max(sds) * 100:.1f} "
-                     "points; a difference is resolved here only if every paired seed agrees in sign and its "
-                     "mean exceeds 2 x its standard error")
+                     "points; a difference is resolved here only if every paired seed agrees in sign and a "
+                     "paired t-test says so at 95% (|mean| > t x its standard error; t = 4.30 for 3 seeds)")
     elif name == "large_batch":
         for label, rs in _by_optimizer(runs).items():
             cells = [f"{r['global_batch']}: {r['top1']:.4f} ({r['steps']} steps, peak LR {r['peak_lr']:g})"
@@ -302,13 +302,19 @@ def summarize(name: str, data: dict) -> str:
     return "\n".join(lines)
 
 
+# Student's t, 97.5th percentile, by degrees of freedom (any table; beyond 10 the value for 10, which is larger
+# than the true one, so the test only gets stricter).
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
 def _paired(label: str, by_seed: dict, a, b) -> str:
     """Top-1 of g=b minus g=a over the seeds both have: mean, standard error, range, and whether it is resolved."""
     diffs = [by_seed[(b, s)] - by_seed[(a, s)] for (g, s) in sorted(by_seed) if g == a and (b, s) in by_seed]
     m, sd = _mean_sd(diffs)
     se = sd / math.sqrt(len(diffs)) if diffs else math.nan
     agree = all(d > 0 for d in diffs) or all(d < 0 for d in diffs)
-    verdict = "resolved" if diffs and agree and abs(m) > 2 * se else "within noise"
+    t = _T975.get(len(diffs) - 1, _T975[10])  # a paired t-test at 95%, two-sided
+    verdict = "resolved" if len(diffs) > 1 and agree and abs(m) > t * se else "within noise"
     return (f"{label}: {m * 100:+.1f} points (se {se * 100:.1f}; seeds {', '.join(f'{d * 100:+.1f}' for d in diffs)})"
             f": {verdict}")
 

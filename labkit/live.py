@@ -106,12 +106,13 @@ class Live:
                     self.handle.update(self.snapshot())
                     self.refresh_controls()
                     self.redraws, seen, last = self.redraws + 1, n, time.monotonic()
-        summary = self.run.wait()
-        self.refresh_controls()
-        if self.handle is not None:
-            from labkit import figures
-            self.handle.update(figures.training_curves(self.run.stream.events(), label=self.label))
-        return summary
+        try:
+            return self.run.wait()  # the run's summary, or its error
+        finally:  # a failed run too: the buttons' status says so and the final figure replaces the live one
+            self.refresh_controls()
+            if self.handle is not None:
+                from labkit import figures
+                self.handle.update(figures.training_curves(self.run.stream.events(), label=self.label))
 
 
 def _widget_controls(run):
