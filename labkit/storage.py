@@ -233,15 +233,27 @@ def _gcs_client():
     """A google-cloud-storage client (Cloud Storage's compose is not in tf.io.gfile), one per endpoint setting:
     the client reads ``STORAGE_EMULATOR_HOST`` when it is made, so a changed endpoint gets a new client."""
     key = (os.environ.get("STORAGE_EMULATOR_HOST"), os.environ.get("API_ENDPOINT_OVERRIDE"))
-    if key not in _CLIENTS:
-        try:
-            from google.cloud import storage as gcs
-        except ImportError:
-            raise ImportError("labkit.storage: appending to a gs:// object (telemetry) composes it with "
-                              "google-cloud-storage, which is not installed; install it: "
-                              "pip install 'google-cloud-storage>=3,<4' (labkit's own install does)") from None
-        _CLIENTS[key] = _new_client(gcs)
-    return _CLIENTS[key]
+    try:
+        from google.cloud import storage as gcs
+    except ImportError:
+        raise ImportError("labkit.storage: appending to a gs:// object (telemetry) composes it with "
+                          "google-cloud-storage, which is not installed; install it: "
+                          "pip install 'google-cloud-storage>=3,<4' (labkit's own install does)") from None
+    client, now = _CLIENTS.get(key), time.monotonic()
+    # An anonymous client looks for credentials again now and then: the user may have logged in since
+    # (gcloud auth application-default login, Colab's authenticate_user).
+    if client is None or (_is_anonymous(client) and now - _ANON_SINCE.get(key, now) > _ANON_RETRY_S):
+        client = _CLIENTS[key] = _new_client(gcs)
+        if _is_anonymous(client):
+            _ANON_SINCE[key] = now
+        else:
+            _ANON_SINCE.pop(key, None)
+    return client
+
+
+def _is_anonymous(client) -> bool:
+    from google.auth.credentials import AnonymousCredentials
+    return isinstance(getattr(client, "_credentials", None), AnonymousCredentials)
 
 
 def _new_client(gcs):
@@ -254,6 +266,9 @@ def _new_client(gcs):
     except OSError:  # no default project (e.g. user credentials): object calls need none
         return gcs.Client(project=None)
     except auth_errors.DefaultCredentialsError as e:
+        if _WARNED:
+            return gcs.Client.create_anonymous_client()
+        _WARNED.append(True)
         _log.warning("labkit.storage: no Google Cloud credentials (%s); reading gs:// anonymously (public objects "
                      "only). For private buckets and writes run: gcloud auth application-default login",
                      str(e).splitlines()[0])
@@ -261,6 +276,9 @@ def _new_client(gcs):
 
 
 _CLIENTS: dict = {}
+_ANON_SINCE: dict = {}  # endpoint key -> when its client became anonymous
+_ANON_RETRY_S = 60.0  # how often an anonymous client looks for credentials again
+_WARNED: list = []  # the no-credentials warning is given once a process
 _log = logging.getLogger(__name__)
 
 

@@ -219,7 +219,7 @@ def test_tfrecord_shards_on_gs_listed_counted_and_read(gcs):
         tfrecords.list_files(data_dir + "-missing", "train")
 
 
-def test_gs_read_without_credentials_falls_back_to_anonymous(gcs, monkeypatch, caplog):
+def test_gs_read_without_credentials_falls_back_to_anonymous(gcs, monkeypatch, caplog, tmp_path):
     """A laptop with no Google credentials still reads a public gs:// object, and is told how to log in.
 
     No credentials is modelled as google-auth documents it: ``google.auth.default()`` raises
@@ -236,8 +236,20 @@ def test_gs_read_without_credentials_falls_back_to_anonymous(gcs, monkeypatch, c
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/adc.json")
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", gcs.env["CURL_CA_BUNDLE"])
     monkeypatch.setattr(storage, "_CLIENTS", {})
+    monkeypatch.setattr(storage, "_ANON_SINCE", {})
+    monkeypatch.setattr(storage, "_WARNED", [])
     with caplog.at_level("WARNING", logger="labkit.storage"):
         assert storage.read_bytes(path) == b"cat\ndog\n"
     client = storage._gcs_client()
     assert isinstance(client._credentials, google.auth.credentials.AnonymousCredentials)
     assert "gcloud auth application-default login" in caplog.text
+    # The user logs in (what `gcloud auth application-default login` writes: an authorized_user ADC file, per
+    # google-auth's _default.py); the anonymous client looks again after _ANON_RETRY_S and picks it up.
+    adc = tmp_path / "adc.json"
+    adc.write_text(json.dumps({"type": "authorized_user", "client_id": "id", "client_secret": "s",
+                               "refresh_token": "r"}))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc))
+    assert storage._gcs_client() is client  # within the retry interval: the same client
+    monkeypatch.setattr(storage, "_ANON_RETRY_S", 0.0)
+    logged_in = storage._gcs_client()
+    assert not isinstance(logged_in._credentials, google.auth.credentials.AnonymousCredentials)
