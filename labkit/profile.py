@@ -17,7 +17,9 @@ name) and ``args.hlo_module``; the compiled module's proto gives every instructi
 metadata, i.e. the jaxpr's name stack (``.../DistributedBatchNorm_0/bn_group_sum/psum``). No HLO text is parsed.
 A device line is a trace process named ``/device:...`` (the profiler's GPU and TPU lines); on CPU the device ops
 run on host threads and are known by their ``hlo_op``. Where a device has XProf's ``XLA Ops`` line, only that
-line counts: its ``Steps``, ``XLA Modules``, framework-op and name-scope lines show the same time again.
+line counts: its ``Steps``, ``XLA Modules``, framework-op and name-scope lines show the same time again; an event
+there without ``hlo_op`` is known by its name (XProf names op events after the HLO instruction). The TPU path is
+checked against XProf's own synthetic TPU plane, not yet against a trace from a real TPU.
 On CPU the devices are simulated threads: collective time includes waiting for the slowest thread (simulation).
 Must not: change training state or the training loop (it builds its own copy of the step).
 """
@@ -112,6 +114,25 @@ def _device_pids(trace: dict) -> set:
 _OP_LINE = "XLA Ops"
 
 
+_NO_MODULE = "<op line>"  # an XLA Ops event named by its instruction carries no module: ``instructions`` decides
+
+
+def _op_lines(trace: dict) -> set:
+    """(pid, tid) of every ``XLA Ops`` line."""
+    return {(e.get("pid"), e.get("tid")) for e in trace.get("traceEvents", [])
+            if e.get("ph") == "M" and e.get("name") == "thread_name"
+            and str(e.get("args", {}).get("name", "")) == _OP_LINE}
+
+
+def _named_op(e: dict) -> dict:
+    """An ``XLA Ops`` event without ``hlo_op``: XProf names such an event after its HLO instruction (a TPU plane's
+    op events carry ``program_id``/``symbol_id`` stats instead of ``hlo_op``), so its name is the op."""
+    args = e.get("args", {})
+    if "hlo_op" in args or e.get("ph") != "X":
+        return e
+    return {**e, "args": {**args, "hlo_op": e.get("name")}}
+
+
 def _derived_lines(trace: dict) -> set:
     """(pid, tid) of every line of a device that has an ``XLA Ops`` line, other than that line itself."""
     names = {(e.get("pid"), e.get("tid")): str(e.get("args", {}).get("name", ""))
@@ -137,10 +158,12 @@ def step_breakdown(trace: dict, collectives: dict[str, str], modules: set[str] |
     if not steps:
         raise ValueError(f"profile: the trace has no {STEP_EVENT!r} events (trace steps inside "
                          f"jax.profiler.StepTraceAnnotation({STEP_EVENT!r}, step_num=i))")
-    device_pids, derived = _device_pids(trace), _derived_lines(trace)
+    device_pids, derived, op_lines = _device_pids(trace), _derived_lines(trace), _op_lines(trace)
+    events = [_named_op(e) if (e.get("pid"), e.get("tid")) in op_lines else e for e in events]
     ops = _top_level([e for e in events if (e.get("pid"), e.get("tid")) not in derived
                       and (("hlo_op" in e.get("args", {})
-                            and (modules is None or e["args"].get("hlo_module") in modules))
+                            and (modules is None
+                                 or e["args"].get("hlo_module", _NO_MODULE) in modules | {_NO_MODULE}))
                            or ("hlo_op" not in e.get("args", {}) and "hlo_module" not in e.get("args", {})
                                and e.get("pid") in device_pids))])  # (a whole-module span is not an op)
     waits = [e for e in events if e.get("name") == INPUT_EVENT]
