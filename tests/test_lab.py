@@ -223,11 +223,11 @@ from tests.data.conftest import tiny  # noqa: E402,F401 - the data tests' sessio
 
 
 def _reference_run(**changes) -> dict:
-    run = {"rungs": [{"name": "naive", "img_s": 600.0, "rounds": [600.0, 550.0]},
-                     {"name": "+ parallel_map", "img_s": 1300.0, "rounds": [1300.0, 1250.0]}],
-           "ceiling": {"name": "ceiling", "img_s": 1400.0, "rounds": [1400.0, 1380.0]},
-           "rounds": 2, "seconds": 2.0, "batch_size": 64, "cores": 2, "load": [0.3, 0.4, 0.5],
-           "provenance": {"machine": {"cpu": "AMD EPYC", "cores": 2}, "command": "labkit bench input --rounds 2"}}
+    run = {"rungs": [{"name": "naive", "img_s": 600.0, "rounds": [600.0, 550.0, 575.0]},
+                     {"name": "+ parallel_map", "img_s": 1300.0, "rounds": [1300.0, 1250.0, 1275.0]}],
+           "ceiling": {"name": "ceiling", "img_s": 1400.0, "rounds": [1400.0, 1380.0, 1390.0]},
+           "rounds": 3, "seconds": 2.0, "batch_size": 64, "cores": 2, "load": [0.3, 0.4, 0.5, 0.6],
+           "provenance": {"machine": {"cpu": "AMD EPYC", "cores": 2}, "command": "labkit bench input --rounds 3"}}
     run.update(changes)
     return run
 
@@ -237,7 +237,7 @@ def test_input_reference_loads_a_run_and_recomputes_its_summary(tmp_path):
     path = tmp_path / "ref.json"
     path.write_text(json.dumps(_reference_run(summary={"text": "stale text from elsewhere"})))
     ref = lab.input_reference(str(path))
-    assert ref["provenance"]["command"] == "labkit bench input --rounds 2"
+    assert ref["provenance"]["command"] == "labkit bench input --rounds 3"
     # from the rounds, not the stored text: upper halves naive 575-600, + parallel_map 1275-1300, ceiling 1390-1400
     assert ref["summary"]["within_noise"] == [] and ref["summary"]["ceiling_clear_of"] == ["naive", "+ parallel_map"]
     assert ref["summary"]["full_x_naive"] == pytest.approx(1300 / 600)

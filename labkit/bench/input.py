@@ -32,6 +32,9 @@ HELP = "input-pipeline ablation ladder (naive -> all optimizations) vs the decod
 CEILING = "ceiling"
 
 
+MIN_ROUNDS = 3  # fewer rounds give no spread: compare() then claims no difference
+
+
 def best_of_rounds(rates: list[float]) -> float:
     """A mode's figure: its fastest round (load on a shared machine only slows a round down, never speeds it)."""
     if not rates:
@@ -52,7 +55,10 @@ def upper_half(rates: list[float]) -> tuple[float, float]:
 
 def compare(a: list[float], b: list[float]) -> str:
     """'faster', 'slower' or 'within noise': ``a``'s upper half of rounds lies wholly above ``b``'s, wholly below
-    it, or the two overlap. One disturbed round moves neither the median nor the best."""
+    it, or the two overlap. One disturbed round moves neither the median nor the best. With fewer than
+    ``MIN_ROUNDS`` rounds of either there is no spread to judge by: 'within noise' (nothing is claimed)."""
+    if min(len(a), len(b)) < MIN_ROUNDS:
+        return "within noise"
     (a_lo, a_hi), (b_lo, b_hi) = upper_half(a), upper_half(b)
     return "faster" if a_lo > b_hi else "slower" if a_hi < b_lo else "within noise"
 
@@ -165,6 +171,8 @@ def measure_ladder(data, *, batch_size: int = 64, image_size: int = 224, seconds
     names = [n for n, _ in pipeline.LADDER]
     if rungs is not None and set(rungs) - set(names):
         raise ValueError(f"rungs: {sorted(set(rungs) - set(names))} unknown; allowed: {names}")
+    if rungs is not None and names[0] not in rungs:  # every ratio is "x naive": naive is always measured
+        rungs = [names[0], *rungs]
     threads = threads or os.cpu_count() or 2
     modes: dict[str, tuple[str, object, dict | None]] = {}  # name -> (kind, dataset, switches)
     if ceiling:

@@ -52,6 +52,8 @@ def test_compare_tells_a_real_step_from_noise():
     assert bench.compare([820.0, 430.0, 800.0, 810.0, 815.0], naive) == "faster"   # 810-820: clear of it
     assert bench.compare([505.0, 480.0, 520.0, 470.0, 300.0], naive) == "within noise"  # 480-520 overlaps
     assert bench.compare([400.0, 380.0, 420.0], naive) == "slower"
+    # One or two rounds have no spread to judge by: nothing is claimed, however far apart the numbers are.
+    assert bench.compare([900.0], naive) == bench.compare([900.0, 910.0], naive) == "within noise"
 
 
 def _results(rounds: dict, ceiling: list) -> dict:
@@ -76,9 +78,9 @@ def test_summarize_names_exactly_the_steps_within_noise():
 
 
 def test_summarize_says_when_a_rung_beats_the_ceiling():
-    # upper halves: naive 500-500, + a 850-900, + b 950-1000; the ceiling 835-850 overlaps + a's, not + b's
-    s = bench.summarize(_results({"naive": [500.0, 500.0], "+ a": [900.0, 800.0], "+ b": [1000.0, 900.0]},
-                                 [850.0, 820.0]))
+    # upper halves: naive 500-500, + a 850-900, + b 950-1000; the ceiling 840-850 overlaps + a's, not + b's
+    s = bench.summarize(_results({"naive": [500.0, 500.0, 500.0], "+ a": [900.0, 800.0, 850.0],
+                                  "+ b": [1000.0, 900.0, 950.0]}, [850.0, 820.0, 840.0]))
     assert s["above_ceiling"] == ["+ a", "+ b"] and s["ceiling_clear_of"] == ["naive"] and s["within_noise"] == []
     assert "rungs above the ceiling's best but within noise of it: + a\n" in s["text"]
     assert s["text"].endswith("rungs faster than the ceiling (it is not a bound in this run): + b")
