@@ -408,6 +408,10 @@ def recompute(name: str, *, root: str | os.PathLike | None = None, results_dir: 
     ``runs/``) with ``nice``, then ``collect`` into ``results_dir``. Minutes per run on a 2-core CPU; runs that
     already finished there are kept (``labkit run`` leaves them untouched)."""
     spec = _check(name)
+    if results_dir is None and not (RESULTS_DIR.parent.parent / ".git").exists():
+        raise ValueError(f"recompute: results_dir=None would overwrite the installed results in {RESULTS_DIR} "
+                         "(labkit is installed, not a checkout); allowed: results_dir=<a folder of yours>, or run "
+                         "from a git clone of labkit (its labkit/results/ is then the one to update)")
     root = Path(root) if root is not None else Path.cwd()
     labkit = [sys.executable, "-m", "labkit.cli"]
     for command in spec["commands"]:

@@ -218,10 +218,14 @@ def _modules_of(names) -> dict[str, set[str]]:
     google-cloud-storage and Colab's own ``google.colab``, so a changed google-cloud-storage must not count as
     stale just because the kernel imported ``google.colab``."""
     found: dict[str, set[str]] = {}
+    tops = None
     for dist in metadata.distributions():
         name = _canonical(dist.metadata["Name"] or "")
         if name in names and name not in found:
             found[name] = {m for f in (dist.files or ()) if (m := _module_name(str(f)))}
+            if not dist.files:  # no RECORD (an egg-info or distro package): its top-level names, as before
+                tops = tops if tops is not None else metadata.packages_distributions()
+                found[name] = {t for t, ds in tops.items() if name in {_canonical(d) for d in ds}}
     return found
 
 

@@ -131,9 +131,27 @@ def test_an_installed_labkit_carries_every_committed_result(tmp_path):
     shutil.copytree(root / "labkit", src / "labkit", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(root / name, src / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",  # pyproject's own build backend
+    from importlib import metadata
+    try:  # the venv's own setuptools where it meets pyproject's requirement (no index needed), else pip fetches one
+        isolation = [] if int(metadata.version("setuptools").split(".")[0]) < 77 else ["--no-build-isolation"]
+    except metadata.PackageNotFoundError:
+        isolation = []
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "-w",
                     str(tmp_path), str(src)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("labkit-*.whl")
     packed = set(zipfile.ZipFile(wheel).namelist())
-    committed = {p.relative_to(root).as_posix() for p in experiments.RESULTS_DIR.rglob("*") if p.is_file()}
+    listed = subprocess.run(["git", "-C", str(root), "ls-files", "labkit/results"], capture_output=True, text=True)
+    committed = (set(listed.stdout.split()) if listed.returncode == 0 else  # what git holds, else what is here
+                 {p.relative_to(root).as_posix() for p in experiments.RESULTS_DIR.rglob("*") if p.is_file()})
     assert len(committed) >= 15 and committed <= packed, sorted(committed - packed)
+
+
+def test_recompute_refuses_to_overwrite_an_installed_labkits_results(tmp_path, monkeypatch):
+    """A pip-installed labkit (Colab) keeps its results in site-packages: recompute with results_dir=None must stop
+    before running anything, naming the parameter; in a checkout (this one) it would update labkit/results/."""
+    installed = tmp_path / "site-packages" / "labkit" / "results"
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(experiments, "RESULTS_DIR", installed)
+    monkeypatch.setattr(experiments.subprocess, "run", lambda *a, **k: pytest.fail("a sweep was started"))
+    with pytest.raises(ValueError, match=r"recompute: results_dir=None would overwrite .*allowed: results_dir="):
+        experiments.recompute("bn_groups")

@@ -191,3 +191,17 @@ def test_stamp_readme(tmp_path):
     assert lines[2] == "- " + install.badge_markdown("00_setup.ipynb") + " `00_setup`"
     assert install.stamp_readme(readme, ["00_setup.ipynb", "04_train.ipynb"]) is False
     assert "<!-- labkit:colab-badges -->" in (ROOT / "README.md").read_text()  # the real README has the block
+
+
+def test_a_distribution_without_record_counts_by_its_top_level_names(tmp_path, monkeypatch):
+    # An egg-info distribution (setup.py develop, some distro packages) may carry no file list: importlib.metadata
+    # then gives files=None, and top_level.txt still names its modules (importlib.metadata docs,
+    # packages_distributions). It must still be stale when one of its modules was imported.
+    egg = tmp_path / "fakepkg-1.0.egg-info"
+    egg.mkdir()
+    (egg / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: fakepkg\nVersion: 1.0\n")
+    (egg / "top_level.txt").write_text("fakemod\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    modules = install._modules_of({"fakepkg"})
+    assert modules == {"fakepkg": {"fakemod"}}
+    assert install._stale({"fakepkg": ("1.0", "1.1")}, modules, loaded={"fakemod", "os"}) == ["fakepkg"]

@@ -369,7 +369,8 @@ def _random_access_records(files, switches: Switches, counter, host, num_hosts, 
     need = sum(storage.size(f) for f in files) / (1 if switches.shard_files else num_hosts)
     ram = _physical_memory()
     if ram and need > ram / 2:
-        raise ValueError(f"train: deterministic=True with cache=True holds this host's records in RAM: "
+        raise ValueError(f"train: random_access=True (config deterministic=True with cache=True) holds this host's "
+                         f"records in RAM: "
                          f"{need / 2**30:.1f} GiB of the {ram / 2**30:.1f} GiB here (more than half). Allowed: "
                          "cache=False (streamed; the saved input position is then the shuffle buffer's state), "
                          "more hosts, or a machine with more memory")
@@ -391,11 +392,25 @@ def _random_access_records(files, switches: Switches, counter, host, num_hosts, 
     return tf.data.Dataset.range(int(start), stop).map(at)
 
 
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")  # cgroup v2, v1
+
+
 def _physical_memory() -> int | None:
+    """The memory this process may use: the machine's, or a container's cgroup limit where that is lower
+    (Docker, Kubernetes and notebook hosts set one; the kernel kills a process that passes it)."""
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not POSIX: no check
-        return None
+        found = [os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")]
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        found = []
+    for limit in _CGROUP_LIMITS:
+        try:
+            with open(limit) as f:
+                raw = f.read().strip()
+        except OSError:
+            continue
+        if raw.isdigit():  # "max" (v2) means no limit
+            found.append(int(raw))
+    return min(found) if found else None
 
 
 def eval_dataset(data, batch_size: int, *, image_size: int = 224, split: str = "validation",

@@ -300,3 +300,19 @@ def test_random_access_refuses_records_larger_than_half_the_memory(monkeypatch):
     monkeypatch.setattr(pipeline, "_physical_memory", lambda: 2 * size + 1)  # just under half: read
     assert pipeline._random_access_records(files, pipeline.Switches(), pipeline.SkipCounter(), 0, 1, cycle_length=8,
                                            seed=3, num_epochs=1, start=0).cardinality() > 0
+
+
+def test_memory_is_a_containers_limit_where_it_is_lower(monkeypatch, tmp_path):
+    """cgroup v2's memory.max holds a byte count or "max" (no limit), v1's memory.limit_in_bytes a byte count
+    (Linux Documentation/admin-guide/cgroup-v2.rst and cgroup-v1/memory.rst): the lowest of them and the machine's
+    RAM is what this process may use."""
+    import os
+    from labkit.data import pipeline
+    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
+    monkeypatch.setattr(pipeline, "_CGROUP_LIMITS", (str(v2), str(v1), str(tmp_path / "absent")))
+    v2.write_text("max\n")
+    v1.write_text(f"{ram * 4}\n")
+    assert pipeline._physical_memory() == ram  # no limit, and one above the machine's RAM
+    v2.write_text("1073741824\n")
+    assert pipeline._physical_memory() == min(ram, 1073741824)
