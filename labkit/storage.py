@@ -262,9 +262,10 @@ def _new_client(gcs):
     set) and is refused, with Cloud Storage's 401, on writes and private objects."""
     from google.auth import exceptions as auth_errors
     try:
-        return gcs.Client()
-    except OSError:  # no default project (e.g. user credentials): object calls need none
-        return gcs.Client(project=None)
+        try:
+            return gcs.Client()
+        except OSError:  # no default project (e.g. user credentials): object calls need none
+            return gcs.Client(project=None)
     except auth_errors.DefaultCredentialsError as e:
         if _WARNED:
             return gcs.Client.create_anonymous_client()
