@@ -231,28 +231,17 @@ def pair_ratios(results, pairs=PAIRS) -> dict:
     return out
 
 
-# Package data (labkit/results/), so a pip-installed labkit (Colab) has the reference run too.
-_REFERENCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results",
-                          "03_collective_sweep.json")
-
-
 def collective_reference(path: str | None = None, *, missing_ok: bool = False) -> dict | None:
     """The committed reference run of 03's sweep (``labkit bench collectives --json``; default
     ``labkit/results/03_collective_sweep.json``) with its ``ratios`` (``pair_ratios``) recomputed from its rows.
     ``FileNotFoundError`` naming the path where it is missing (``missing_ok``: None); ``ValueError`` naming the
     missing keys where the file is not such a run."""
-    import json
-    from labkit import storage
-    path = path or _REFERENCE
-    if not storage.exists(path):
-        if missing_ok:
-            return None
-        raise FileNotFoundError(f"collective reference: no file at {path!r}; it is committed in labkit/results/ "
-                                "(write one with: labkit bench collectives --json PATH)")
-    doc = json.loads(storage.read_text(path))
-    missing = [k for k in ("results", "machine", "load", "provenance") if k not in doc]
-    if missing or not all("min_time_s" in r for r in doc.get("results", [])):
-        raise ValueError(f"collective reference {path!r}: missing {missing or ['results[].min_time_s']}; allowed: "
-                         "the JSON of labkit bench collectives --json")
+    from labkit.lab import _reference
+    doc = _reference.read("03_collective_sweep.json", path, what="collective reference",
+                          command="labkit bench collectives", needed=("results", "machine", "load", "provenance"),
+                          missing_ok=missing_ok, detail="results[].min_time_s",
+                          valid=lambda doc: all("min_time_s" in r for r in doc["results"]))
+    if doc is None:
+        return None
     return {**doc, "ratios": pair_ratios(doc["results"])}
 

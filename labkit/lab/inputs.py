@@ -5,7 +5,6 @@ Must not: render (``labkit.figures`` does) or build pipelines of its own (``labk
 """
 from __future__ import annotations
 
-import os
 import time
 
 __all__ = ["feed_demo", "input_ladder", "input_reference", "input_switches", "check_input_chain"]
@@ -48,11 +47,6 @@ def input_ladder(data: str = "photos", *, rounds: int = 3, seconds: float = 1.5,
     return results
 
 
-# Package data (labkit/results/), so a pip-installed labkit (Colab) has the reference run too.
-_REFERENCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results",
-                          "02_input_ladder.json")
-
-
 def input_reference(path: str | None = None, *, missing_ok: bool = False) -> dict | None:
     """The committed reference run of the input ladder (``labkit bench input --json``; default
     ``labkit/results/02_input_ladder.json``), with its ``summary`` recomputed from its rounds.
@@ -60,22 +54,14 @@ def input_reference(path: str | None = None, *, missing_ok: bool = False) -> dic
     Raises ``FileNotFoundError`` (naming the path) where the file is missing (e.g. labkit installed without the
     package data; ``missing_ok``: returns None instead) and ``ValueError`` naming the missing keys where it is not
     such a run."""
-    import json
-    from labkit import storage
     from labkit.bench import input as bench
-    path = path or _REFERENCE
-    if not storage.exists(path):
-        if missing_ok:
-            return None
-        raise FileNotFoundError(f"input reference: no file at {path!r}; it is committed in labkit/results/ "
-                                "(write one with: labkit bench input --json PATH)")
-    with storage.open_file(path, "r") as f:
-        results = json.load(f)
-    needed = ("rungs", "ceiling", "rounds", "seconds", "batch_size", "load", "provenance")
-    missing = [k for k in needed if k not in results]
-    if missing or not results["rungs"] or not isinstance(results["ceiling"], dict):
-        raise ValueError(f"input reference {path!r}: missing {missing or ['rungs/ceiling']}; allowed: the JSON "
-                         f"of `labkit bench input --json` (keys {list(needed)})")
+    from labkit.lab import _reference
+    results = _reference.read("02_input_ladder.json", path, what="input reference", command="labkit bench input",
+                              needed=("rungs", "ceiling", "rounds", "seconds", "batch_size", "load", "provenance"),
+                              missing_ok=missing_ok, detail="rungs/ceiling",
+                              valid=lambda doc: bool(doc["rungs"]) and isinstance(doc["ceiling"], dict))
+    if results is None:
+        return None
     results["summary"] = bench.summarize(results)
     return results
 
