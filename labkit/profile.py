@@ -117,13 +117,6 @@ _OP_LINE = "XLA Ops"
 _NO_MODULE = "<op line>"  # an XLA Ops event named by its instruction carries no module: ``instructions`` decides
 
 
-def _op_lines(trace: dict) -> set:
-    """(pid, tid) of every ``XLA Ops`` line."""
-    return {(e.get("pid"), e.get("tid")) for e in trace.get("traceEvents", [])
-            if e.get("ph") == "M" and e.get("name") == "thread_name"
-            and str(e.get("args", {}).get("name", "")) == _OP_LINE}
-
-
 def _named_op(e: dict) -> dict:
     """An ``XLA Ops`` event without ``hlo_op``: XProf names such an event after its HLO instruction (a TPU plane's
     op events carry ``program_id``/``symbol_id`` stats instead of ``hlo_op``), so its name is the op."""
@@ -133,12 +126,14 @@ def _named_op(e: dict) -> dict:
     return {**e, "args": {**args, "hlo_op": e.get("name")}}
 
 
-def _derived_lines(trace: dict) -> set:
-    """(pid, tid) of every line of a device that has an ``XLA Ops`` line, other than that line itself."""
+def _op_and_derived_lines(trace: dict) -> tuple[set, set]:
+    """(pid, tid) of every ``XLA Ops`` line, and of every other line of a device that has one (read from the
+    trace's ``thread_name`` metadata once)."""
     names = {(e.get("pid"), e.get("tid")): str(e.get("args", {}).get("name", ""))
              for e in trace.get("traceEvents", []) if e.get("ph") == "M" and e.get("name") == "thread_name"}
-    with_op_line = {pid for (pid, _), name in names.items() if name == _OP_LINE}
-    return {key for key, name in names.items() if key[0] in with_op_line and name != _OP_LINE}
+    op_lines = {key for key, name in names.items() if name == _OP_LINE}
+    with_op_line = {pid for pid, _ in op_lines}
+    return op_lines, {key for key in names if key[0] in with_op_line and key not in op_lines}
 
 
 def step_breakdown(trace: dict, collectives: dict[str, str], modules: set[str] | None = None,
@@ -158,7 +153,7 @@ def step_breakdown(trace: dict, collectives: dict[str, str], modules: set[str] |
     if not steps:
         raise ValueError(f"profile: the trace has no {STEP_EVENT!r} events (trace steps inside "
                          f"jax.profiler.StepTraceAnnotation({STEP_EVENT!r}, step_num=i))")
-    device_pids, derived, op_lines = _device_pids(trace), _derived_lines(trace), _op_lines(trace)
+    device_pids, (op_lines, derived) = _device_pids(trace), _op_and_derived_lines(trace)
     events = [_named_op(e) if (e.get("pid"), e.get("tid")) in op_lines else e for e in events]
     ops = _top_level([e for e in events if (e.get("pid"), e.get("tid")) not in derived
                       and (("hlo_op" in e.get("args", {})
