@@ -267,12 +267,11 @@ def _new_client(gcs):
         except OSError:  # no default project (e.g. user credentials): object calls need none
             return gcs.Client(project=None)
     except auth_errors.DefaultCredentialsError as e:
-        if _WARNED:
-            return gcs.Client.create_anonymous_client()
-        _WARNED.append(True)
-        _log.warning("labkit.storage: no Google Cloud credentials (%s); reading gs:// anonymously (public objects "
-                     "only). For private buckets and writes run: gcloud auth application-default login",
-                     str(e).splitlines()[0])
+        if not _WARNED:  # once a process: the anonymous client looks for credentials again every minute
+            _WARNED.append(True)
+            _log.warning("labkit.storage: no Google Cloud credentials (%s); reading gs:// anonymously (public "
+                         "objects only). For private buckets and writes run: gcloud auth application-default login",
+                         str(e).splitlines()[0])
         return gcs.Client.create_anonymous_client()
 
 
