@@ -34,7 +34,10 @@ def test_served_overview_tails_a_run_directory_written_by_another_writer(tmp_pat
                    message="10 steps of every view (collectives is updated last) on the server side")
         assert len(training.data["step"]) == 10 and len(bn.data["value"]) == 3 * 8
         assert len(collectives.points.data["bytes"]) > 0
-        assert "does not exist" not in page.feed.status.object
+        # The server's poll renders the status line after it updates the views, so wait for it too: reading it
+        # the moment the views are full raced that poll (CI at stop 23 saw the old line).
+        wait_until(lambda: "does not exist" not in page.feed.status.object,
+                   message="the status line to stop saying the run directory does not exist")
         emit_steps(writer, 10, 25)
         writer.close()
         wait_until(lambda: len(collectives.train["torus_2d"]) == 25, message="25 steps on the server side")
