@@ -116,6 +116,8 @@ def test_run_all_keeps_the_dashboard_live_then_stores_the_figure(jupyterlab, bro
     assert "waiting for events" not in text
     # The live view was replaced by the static figure (an image output where the dashboard was).
     live = page.locator(".jp-Cell", has_text="lab.show_live(run")
+    # The status line says "stopped" before the figure replaces the page, so wait for the image, then count.
+    live.locator(".jp-OutputArea-output img").first.wait_for(timeout=60_000)
     assert live.locator(".jp-OutputArea-output img").count() == 1
     assert live.locator(".bk-Canvas, .bk-root, .bk-panel-models-layout-Column").count() == 0
     page.close()
